@@ -7,6 +7,7 @@ simulated endpoint that hangs, or a daemon whose loop is busy, cannot stall the 
 from __future__ import annotations
 
 import json
+import socket
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
@@ -23,6 +24,12 @@ class JsonHandler(BaseHTTPRequestHandler):
     """Base handler: JSON helpers and no access log on stderr."""
 
     protocol_version = "HTTP/1.1"
+
+    def setup(self) -> None:
+        super().setup()
+        # Headers and body go out in separate writes; with Nagle on, every keep-alive
+        # answer would stall ~40 ms waiting for an ACK and swamp latency measurements.
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
         return
@@ -62,11 +69,12 @@ class LoopbackServer:
         handler: type[BaseHTTPRequestHandler],
         context: object,
         host: str = "127.0.0.1",
+        port: int = 0,
     ) -> None:
         self._handler = handler
         self._context = context
         self._host = host
-        self._port = 0
+        self._port = port  # 0: any free port, kept across refuse()/restore()
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()

@@ -1,0 +1,442 @@
+"""Config: YAML with ${VAR} interpolation, validated whole at load.
+
+Every problem is reported with its path, all at once, so an operator fixes the file in one
+pass. Secrets are resolved here (env or file) and registered with the redactor before
+anything can log them.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+import yaml
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+from monitor.durations import parse_duration
+from monitor.redact import redactor
+
+CONFIG_ENV = "CONVAI_MONITOR_CONFIG"
+DEFAULT_CONVAI_URL = "https://api.convai.com"
+
+
+class ConfigError(Exception):
+    """A config that cannot be used; `problems` are `path: message` lines."""
+
+    def __init__(self, problems: list[str], source: str | None = None) -> None:
+        self.problems = problems
+        self.source = source
+        where = f"{source}: " if source else ""
+        super().__init__(where + "; ".join(problems))
+
+
+Duration = Annotated[float, BeforeValidator(parse_duration)]
+
+
+def _check_url(value: str) -> str:
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("not a URL (expected http:// or https://)")
+    if parts.username or parts.password:
+        # Credentials in a URL would be stored and printed as part of the URL; keys
+        # belong in api_key / api_key_file, which are redacted everywhere.
+        raise ValueError("must not carry credentials; use api_key or api_key_file")
+    return value.rstrip("/")
+
+
+Url = Annotated[str, BeforeValidator(lambda v: _check_url(v) if isinstance(v, str) else v)]
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ConvaiConfig(Strict):
+    api_key: SecretStr
+    base_url: Url = DEFAULT_CONVAI_URL
+    timeout: Duration = 10.0
+    # Total time one Convai call may spend retrying timeouts, 429 and 5xx.
+    retry_budget: Duration = 30.0
+    # How often `list` is read to learn which endpoint each group is on (drift detection).
+    sync_interval: Duration = 300.0
+
+    @field_validator("api_key")
+    @classmethod
+    def _key_not_empty(cls, value: SecretStr) -> SecretStr:
+        if not value.get_secret_value().strip():
+            raise ValueError("must not be empty")
+        return value
+
+
+class StorageConfig(Strict):
+    url: str = "sqlite:///convai-monitor.db"
+    retention: Duration = 30 * 86400.0
+    # Hourly rollups answer uptime and percentiles for long windows after raw rows are gone.
+    rollup_retention: Duration = 400 * 86400.0
+
+    @field_validator("url")
+    @classmethod
+    def _sqlalchemy_url(cls, value: str) -> str:
+        try:
+            make_url(value)
+        except ArgumentError:
+            raise ValueError("not a database URL (e.g. sqlite:///convai-monitor.db)") from None
+        return value
+
+
+class Policy(Strict):
+    """Every key here may be set under `defaults` and overridden per group."""
+
+    interval: Duration = 30.0
+    fast_interval: Duration = 2.0
+    timeout: Duration = 15.0
+    fall: int = Field(default=3, ge=1, le=100)
+    rise: int = Field(default=2, ge=1, le=100)
+    latency_threshold: Duration | None = None
+    # Reasoning models spend tokens before they answer; 1 token makes them fail (LiteLLM).
+    max_tokens: int = Field(default=16, ge=1, le=4096)
+    prompt: str = Field(default="Reply with the single word OK.", min_length=1, max_length=2000)
+    failback: Literal["auto", "manual"] = "auto"
+    failback_after: Duration = 300.0
+    min_dwell: Duration = 120.0
+    max_switches_per_hour: int = Field(default=4, ge=1, le=60)
+
+    @model_validator(mode="after")
+    def _cadence(self) -> Policy:
+        if self.timeout >= self.interval:
+            raise ValueError("timeout must be shorter than interval")
+        if self.fast_interval > self.interval:
+            raise ValueError("fast_interval must not be longer than interval")
+        return self
+
+
+POLICY_KEYS = frozenset(Policy.model_fields)
+
+
+class EndpointConfig(Strict):
+    name: str = Field(min_length=1, max_length=100, pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+    base_url: Url
+    api_key: SecretStr | None = None
+    api_key_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_key(self) -> EndpointConfig:
+        if (self.api_key is None) == (self.api_key_file is None):
+            raise ValueError("set exactly one of api_key or api_key_file")
+        return self
+
+    @property
+    def key(self) -> str:
+        """The resolved key (a file's content is read at load)."""
+        assert self.api_key is not None, "keys from files are resolved at load"
+        return self.api_key.get_secret_value()
+
+
+class GroupConfig(Strict):
+    model_group_name: str = Field(min_length=1, max_length=200)
+    model_name: str | None = Field(default=None, min_length=1)
+    endpoints: list[EndpointConfig] = Field(min_length=1)
+    # Built by the loader from `defaults` plus the group's own policy keys.
+    policy: Policy = Policy()
+
+    @model_validator(mode="after")
+    def _unique(self) -> GroupConfig:
+        names = [e.name for e in self.endpoints]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"endpoint names must be unique: {', '.join(dupes)}")
+        urls = [normalize_url(e.base_url) for e in self.endpoints]
+        if len(set(urls)) != len(urls):
+            # The active endpoint is learnt by matching Convai's base_url; two endpoints
+            # with one URL could never be told apart.
+            raise ValueError("endpoint base_urls must be unique within a group")
+        return self
+
+    def endpoint(self, name: str) -> EndpointConfig | None:
+        return next((e for e in self.endpoints if e.name == name), None)
+
+    @property
+    def primary(self) -> EndpointConfig:
+        return self.endpoints[0]
+
+
+class ProbeLimits(Strict):
+    # Bound the probes in flight and size the pool to match: one shared client with
+    # hundreds of requests in flight collapses into pool timeouts (DESIGN.md).
+    max_in_flight: int = Field(default=100, ge=1, le=2000)
+    # A response body is read up to this many bytes; more is a bad response.
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+
+
+class ServerConfig(Strict):
+    listen: str | None = None
+
+
+class Config(Strict):
+    convai: ConvaiConfig
+    storage: StorageConfig = StorageConfig()
+    defaults: Policy = Policy()
+    probes: ProbeLimits = ProbeLimits()
+    dry_run: bool = False
+    groups: list[GroupConfig] = Field(min_length=1)
+    # Sections owned by the alerts and deployment issues; accepted here so a config
+    # written for them validates, and typed by those modules.
+    alerts: dict[str, Any] | None = None
+    server: ServerConfig = ServerConfig()
+
+    @model_validator(mode="after")
+    def _unique_groups(self) -> Config:
+        names = [g.model_group_name for g in self.groups]
+        dupes = sorted({n for n in names if names.count(n) > 1})
+        if dupes:
+            raise ValueError(f"model_group_name must be unique: {', '.join(dupes)}")
+        return self
+
+    def group(self, name: str) -> GroupConfig | None:
+        return next((g for g in self.groups if g.model_group_name == name), None)
+
+    def secrets(self) -> Iterator[str]:
+        yield self.convai.api_key.get_secret_value()
+        for group in self.groups:
+            for endpoint in group.endpoints:
+                yield endpoint.key
+
+
+def normalize_url(url: str) -> str:
+    """Compare URLs as Convai and httpx would: case-insensitive scheme/host, no trailing /."""
+    parts = urlsplit(url.strip())
+    host = (parts.hostname or "").lower()
+    port = parts.port
+    default = {"http": 80, "https": 443}.get(parts.scheme.lower())
+    netloc = host if port is None or port == default else f"{host}:{port}"
+    path = parts.path.rstrip("/")
+    query = f"?{parts.query}" if parts.query else ""
+    return f"{parts.scheme.lower()}://{netloc}{path}{query}"
+
+
+# --- loading ---------------------------------------------------------------------------
+
+_VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _interpolate(node: Any, path: str, env: dict[str, str], problems: list[str]) -> Any:
+    if isinstance(node, dict):
+        return {k: _interpolate(v, _join(path, str(k)), env, problems) for k, v in node.items()}
+    if isinstance(node, list):
+        return [_interpolate(v, f"{path}[{i}]", env, problems) for i, v in enumerate(node)]
+    if not isinstance(node, str):
+        return node
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$$":
+            return "$"
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        problems.append(f"{path or '<root>'}: environment variable {name} is not set")
+        return ""
+
+    return _VAR.sub(substitute, node)
+
+
+def _join(path: str, key: str) -> str:
+    return f"{path}.{key}" if path else key
+
+
+def _loc_to_path(loc: tuple[int | str, ...]) -> str:
+    out = ""
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        else:
+            out = _join(out, part)
+    return out
+
+
+def _message(error: Any) -> str:
+    kind = error["type"]
+    if kind == "extra_forbidden":
+        return "unknown key"
+    if kind == "missing":
+        return "required"
+    msg = str(error["msg"])
+    for prefix in ("Value error, ", "Assertion failed, "):
+        msg = msg.removeprefix(prefix)
+    return msg
+
+
+def _split_policy(data: dict[str, Any]) -> dict[int, set[str]]:
+    """Move each group's policy keys under `policy`, on top of `defaults`.
+
+    Returns, per group, the keys the group set itself, so an error in a default is
+    reported once (under `defaults`) and not again for every group.
+    """
+    own_keys: dict[int, set[str]] = {}
+    defaults = data.get("defaults")
+    base = {k: v for k, v in defaults.items() if k in POLICY_KEYS} if isinstance(defaults, dict) else {}
+    groups = data.get("groups")
+    if not isinstance(groups, list):
+        return own_keys
+    for index, group in enumerate(groups):
+        if not isinstance(group, dict):
+            continue
+        own = {k: group.pop(k) for k in list(group) if k in POLICY_KEYS}
+        own_keys[index] = set(own)
+        if "policy" in group:
+            # `policy` is internal; a user who writes it meant a policy key by another name.
+            group["policy!"] = group.pop("policy")
+        group["policy"] = {**base, **own}
+    return own_keys
+
+
+def _translate(loc: tuple[int | str, ...], own_keys: dict[int, set[str]]) -> str | None:
+    """Map an internal error location back to what the user wrote, or None to drop it."""
+    if len(loc) >= 3 and loc[0] == "groups" and isinstance(loc[1], int) and loc[2] == "policy":
+        rest = loc[3:]
+        key = rest[0] if rest else None
+        if key is None:
+            # A cross-field policy rule: report it on the group if the group set any key.
+            return _loc_to_path(loc[:2]) if own_keys.get(loc[1]) else None
+        if key not in own_keys.get(loc[1], set()):
+            return None
+        return _loc_to_path((*loc[:2], *rest))
+    if len(loc) >= 3 and loc[0] == "groups" and loc[2] == "policy!":
+        return _loc_to_path((*loc[:2], "policy"))
+    return _loc_to_path(loc)
+
+
+def _resolve_key_files(config: Config, problems: list[str]) -> Config:
+    groups = []
+    for gi, group in enumerate(config.groups):
+        endpoints = []
+        for ei, endpoint in enumerate(group.endpoints):
+            if endpoint.api_key_file is not None:
+                path = f"groups[{gi}].endpoints[{ei}].api_key_file"
+                try:
+                    key = endpoint.api_key_file.read_text(encoding="utf-8").strip()
+                except OSError as exc:
+                    problems.append(f"{path}: cannot read {endpoint.api_key_file}: {exc.strerror}")
+                    key = ""
+                else:
+                    if not key:
+                        problems.append(f"{path}: {endpoint.api_key_file} is empty")
+                endpoint = endpoint.model_copy(update={"api_key": SecretStr(key)})
+            endpoints.append(endpoint)
+        groups.append(group.model_copy(update={"endpoints": endpoints}))
+    return config.model_copy(update={"groups": groups})
+
+
+def parse_config(text: str, source: str | None = None, env: dict[str, str] | None = None) -> Config:
+    env = dict(os.environ) if env is None else env
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(exc, "problem", None) or "invalid YAML"
+        raise ConfigError([f"{where}{problem}"], source) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(["<root>: expected a mapping of sections (convai, groups, ...)"], source)
+    problems: list[str] = []
+    data = _interpolate(raw, "", env, problems)
+    unset = list(problems)
+    own_keys = _split_policy(data)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        for error in exc.errors():
+            path = _translate(tuple(error["loc"]), own_keys)
+            # An unset variable was already reported at this path; its empty stand-in
+            # would only add a confusing second error.
+            if path is not None and not any(p.startswith(f"{path}: ") for p in unset):
+                line = f"{path or '<root>'}: {_message(error)}"
+                if line not in problems:
+                    problems.append(line)
+        raise ConfigError(problems or ["invalid config"], source) from None
+    config = _resolve_key_files(config, problems)
+    if problems:
+        raise ConfigError(problems, source)
+    redactor.register(*config.secrets())
+    return config
+
+
+def load_config(path: str | os.PathLike[str] | None) -> Config:
+    if path is None:
+        path = os.environ.get(CONFIG_ENV) or None
+    if path is None:
+        raise ConfigError([f"no config file: pass -c FILE or set {CONFIG_ENV}"])
+    file = Path(path)
+    try:
+        text = file.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([f"{file}: no such file"]) from None
+    except IsADirectoryError:
+        raise ConfigError([f"{file}: is a directory, not a config file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = getattr(exc, "strerror", None) or str(exc)
+        raise ConfigError([f"{file}: cannot read: {reason}"]) from None
+    return parse_config(text, source=str(file))
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One endpoint of one group, resolved: what a probe needs."""
+
+    group: str
+    endpoint: str
+    base_url: str
+    api_key: str
+    model: str
+    policy: Policy
+    priority: int  # 0 is the primary
+
+    def __repr__(self) -> str:
+        # Never show the key, even in a debugger or a traceback.
+        return f"Target({self.group}/{self.endpoint} {self.base_url})"
+
+
+def build_targets(config: Config, models: dict[str, str] | None = None) -> list[Target]:
+    """Resolve every endpoint of every group into a probe target.
+
+    `models` supplies the model name of groups whose config leaves it out (read from
+    Convai's list); a group with neither is an error the caller reports.
+    """
+    models = models or {}
+    targets = []
+    for group in config.groups:
+        model = group.model_name or models.get(group.model_group_name)
+        if model is None:
+            raise ConfigError(
+                [f"{group.model_group_name}: model_name is not configured and Convai does not list it"]
+            )
+        for priority, endpoint in enumerate(group.endpoints):
+            targets.append(
+                Target(
+                    group=group.model_group_name,
+                    endpoint=endpoint.name,
+                    base_url=endpoint.base_url,
+                    api_key=endpoint.key,
+                    model=model,
+                    policy=group.policy,
+                    priority=priority,
+                )
+            )
+    return targets

@@ -1,0 +1,115 @@
+"""Status and check reports: plain data for --json, and tables for people."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.config import Config
+from monitor.domain.health import Health
+from monitor.domain.outcome import ProbeResult
+from monitor.store import Store
+
+WINDOWS = {"1h": 3600.0, "24h": 86400.0}
+
+
+def iso(ts: float | None) -> str | None:
+    if ts is None:
+        return None
+    return datetime.fromtimestamp(ts, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def check_report(results: Sequence[ProbeResult]) -> dict[str, Any]:
+    return {
+        "results": [
+            {
+                "model_group_name": r.group,
+                "endpoint": r.endpoint,
+                "ok": r.ok,
+                "outcome": r.outcome.value,
+                "latency_ms": _round(r.latency_ms),
+                "http_status": r.http_status,
+                "detail": r.detail,
+            }
+            for r in results
+        ]
+    }
+
+
+def status_report(
+    config: Config, store: Store, now: float, active: dict[str, str | None] | None = None
+) -> dict[str, Any]:
+    """Per group and endpoint, what the daemon has recorded. Shape documented in README."""
+    ids = store.endpoint_ids()
+    health = store.health()
+    active = active or {}
+    groups = []
+    for group in config.groups:
+        endpoints = []
+        for endpoint in group.endpoints:
+            key = (group.model_group_name, endpoint.name)
+            endpoint_id = ids.get(key)
+            state = health.get(key)
+            last = store.last_probe(endpoint_id) if endpoint_id is not None else None
+            windows = {
+                name: store.window(endpoint_id, seconds, now) if endpoint_id is not None else None
+                for name, seconds in WINDOWS.items()
+            }
+            endpoints.append(
+                {
+                    "name": endpoint.name,
+                    "base_url": endpoint.base_url,
+                    "health": (state.health if state else Health.UNKNOWN).value,
+                    "health_since": iso(state.since) if state else None,
+                    "last_probe": None
+                    if last is None
+                    else {
+                        "at": iso(last.at),
+                        "ok": last.ok,
+                        "outcome": last.outcome,
+                        "latency_ms": _round(last.latency_ms),
+                        "http_status": last.http_status,
+                        "detail": last.detail,
+                    },
+                    "uptime": {
+                        name: _round(w.uptime * 100.0, 3) if w and w.uptime is not None else None
+                        for name, w in windows.items()
+                    },
+                    "latency_ms": _latency(windows["1h"]),
+                    "latency_ms_24h": _latency(windows["24h"]),
+                }
+            )
+        groups.append(
+            {
+                "model_group_name": group.model_group_name,
+                "active_endpoint": active.get(group.model_group_name),
+                "endpoints": endpoints,
+            }
+        )
+    return {"generated_at": iso(now), "groups": groups}
+
+
+def _latency(window: Any) -> dict[str, float | None]:
+    if window is None:
+        return {"p50": None, "p95": None}
+    return {"p50": _round(window.p50_ms), "p95": _round(window.p95_ms)}
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    cells = [[str(h) for h in headers]] + [["-" if c is None else str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells]
+    return "\n".join(lines)
+
+
+def fmt_ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:.0f}ms"
+
+
+def fmt_pct(value: float | None) -> str:
+    return "-" if value is None else f"{value:.2f}%"

@@ -1,0 +1,1 @@
+"""The loop: APScheduler wiring and the tick probe -> judge -> save -> act."""

@@ -1,0 +1,227 @@
+"""Probing on a schedule: one APScheduler job per endpoint, health judged after each probe."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Awaitable, Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+
+import structlog
+from apscheduler.events import (
+    EVENT_JOB_ERROR,
+    EVENT_JOB_MAX_INSTANCES,
+    EVENT_JOB_MISSED,
+    EVENT_JOB_SUBMITTED,
+    JobEvent,
+    JobSubmissionEvent,
+)
+from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from apscheduler.triggers.interval import IntervalTrigger
+
+from monitor.config import Target
+from monitor.domain.health import Health, HealthState, Thresholds, Transition, in_transition, judge
+from monitor.domain.outcome import ProbeResult
+from monitor.probes import ChatProber
+from monitor.runtime.recorder import Recorder
+from monitor.store import EndpointKey
+
+log = structlog.get_logger()
+
+# The first round is spread over at most this long, so every endpoint is judged soon
+# after start without a burst; later rounds are spread over the whole interval.
+STARTUP_SPREAD = 2.0
+_LAG_SAMPLES = 10_000
+
+Listener = Callable[[Target, ProbeResult, HealthState, Transition | None], Awaitable[None]]
+
+
+@dataclass
+class Counters:
+    """What the loop did, for metrics, status and the benchmark."""
+
+    probes: int = 0
+    missed: int = 0  # runs APScheduler skipped or dropped; should stay 0
+    errors: int = 0
+    lags: deque[float] = field(default_factory=lambda: deque(maxlen=_LAG_SAMPLES))
+    last_tick: float = 0.0
+
+
+def _job_id(key: EndpointKey) -> str:
+    return f"probe:{key[0]}/{key[1]}"
+
+
+class Monitor:
+    def __init__(
+        self,
+        scheduler: AsyncIOScheduler,
+        prober: ChatProber,
+        recorder: Recorder,
+        endpoint_ids: dict[EndpointKey, int],
+        states: dict[EndpointKey, HealthState],
+    ) -> None:
+        self.scheduler = scheduler
+        self.prober = prober
+        self.recorder = recorder
+        self.endpoint_ids = endpoint_ids
+        self.states = states
+        self.targets: dict[EndpointKey, Target] = {}
+        self.counters = Counters()
+        self.listeners: list[Listener] = []
+        self._scheduled: dict[str, datetime] = {}
+        self._phase: dict[EndpointKey, float] = {}
+        self._first_round: set[EndpointKey] = set()
+        self._t0 = 0.0
+        self._inflight: set[asyncio.Task[None]] = set()
+        scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
+        scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
+        scheduler.add_listener(self._on_error, EVENT_JOB_ERROR)
+
+    # --- scheduling --------------------------------------------------------------------
+
+    def add_targets(self, targets: Iterable[Target]) -> None:
+        batch = list(targets)
+        now = time.time()
+        self._t0 = now
+        for index, target in enumerate(batch):
+            key = (target.group, target.endpoint)
+            self.targets[key] = target
+            self.states.setdefault(key, HealthState())
+            interval = target.policy.interval
+            share = index / max(1, len(batch))
+            self._phase[key] = share * interval
+            self._first_round.add(key)
+            first = now + share * min(interval, STARTUP_SPREAD)
+            self.scheduler.add_job(
+                self._run,
+                trigger=IntervalTrigger(seconds=interval, timezone=UTC),
+                args=[key],
+                id=_job_id(key),
+                name=_job_id(key),
+                next_run_time=datetime.fromtimestamp(first, UTC),
+                # Never drop a late probe (APScheduler's 1 s default would, silently);
+                # collapse a backlog into one run, and never overlap one endpoint's probes.
+                misfire_grace_time=None,
+                coalesce=True,
+                max_instances=1,
+                replace_existing=True,
+            )
+
+    def remove_target(self, key: EndpointKey) -> None:
+        self.targets.pop(key, None)
+        if self.scheduler.get_job(_job_id(key)) is not None:
+            self.scheduler.remove_job(_job_id(key))
+
+    def _next_run(self, key: EndpointKey, scheduled: float, state: HealthState) -> float:
+        target = self.targets[key]
+        if in_transition(state):
+            return scheduled + target.policy.fast_interval
+        if key in self._first_round:
+            # Leave the startup burst for this endpoint's place on the interval.
+            return self._t0 + self._phase[key] + target.policy.interval
+        return scheduled + target.policy.interval
+
+    def hurry(self, key: EndpointKey) -> None:
+        """Probe this endpoint now (the failover engine wants a fresh verdict)."""
+        job = self.scheduler.get_job(_job_id(key))
+        if job is not None:
+            job.modify(next_run_time=datetime.now(UTC))
+
+    # --- the tick ----------------------------------------------------------------------
+
+    async def _run(self, key: EndpointKey) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            self._inflight.add(task)
+        try:
+            await self._tick(key)
+        finally:
+            if task is not None:
+                self._inflight.discard(task)
+
+    async def _tick(self, key: EndpointKey) -> None:
+        start = time.time()
+        job_id = _job_id(key)
+        planned = self._scheduled.pop(job_id, None)
+        scheduled = planned.timestamp() if planned else start
+        self.counters.lags.append(max(0.0, start - scheduled))
+        self.counters.last_tick = start
+        target = self.targets.get(key)
+        if target is None:
+            return
+        result = await self.prober.probe(target)
+        await self.observe(target, result)
+        if key not in self.targets:  # removed while probing (reload)
+            return
+        due = max(self._next_run(key, scheduled, self.states[key]), time.time())
+        self._first_round.discard(key)
+        job = self.scheduler.get_job(job_id)
+        if job is not None:
+            job.modify(next_run_time=datetime.fromtimestamp(due, UTC))
+
+    async def observe(self, target: Target, result: ProbeResult) -> tuple[HealthState, Transition | None]:
+        """Judge a probe result, record it, tell the listeners. Also used for pre-flights."""
+        key = (target.group, target.endpoint)
+        now = time.time()
+        limits = Thresholds(rise=target.policy.rise, fall=target.policy.fall)
+        state, transition = judge(self.states.get(key, HealthState()), result.outcome.verdict, now, limits)
+        self.states[key] = state
+        self.counters.probes += 1
+        endpoint_id = self.endpoint_ids.get(key)
+        if endpoint_id is not None:
+            self.recorder.add(endpoint_id, result, state)
+        bound = log.bind(group=target.group, endpoint=target.endpoint)
+        bound.debug(
+            "probe_completed",
+            outcome=result.outcome.value,
+            latency_ms=round(result.latency_ms, 1) if result.latency_ms is not None else None,
+            http_status=result.http_status,
+        )
+        if not result.ok:
+            bound.info(
+                "probe_failed",
+                outcome=result.outcome.value,
+                http_status=result.http_status,
+                detail=result.detail,
+                failures=state.failures,
+            )
+        if transition is not None:
+            event = {Health.UP: "endpoint_up", Health.DOWN: "endpoint_down"}.get(transition.after)
+            if event is not None:
+                level = bound.warning if transition.after is Health.DOWN else bound.info
+                level(event, before=transition.before.value, outcome=result.outcome.value)
+        for listener in self.listeners:
+            await listener(target, result, state, transition)
+        return state, transition
+
+    # --- scheduler events --------------------------------------------------------------
+
+    def _on_submitted(self, event: JobSubmissionEvent) -> None:
+        if event.scheduled_run_times:
+            self._scheduled[event.job_id] = event.scheduled_run_times[-1]
+
+    def _on_missed(self, event: JobEvent) -> None:
+        self.counters.missed += 1
+        log.warning("probe_run_missed", job=event.job_id)
+
+    def _on_error(self, event: JobEvent) -> None:
+        self.counters.errors += 1
+        exception = getattr(event, "exception", None)
+        log.error("probe_job_failed", job=event.job_id, error=repr(exception))
+
+    # --- lifecycle ---------------------------------------------------------------------
+
+    async def drain(self, timeout: float) -> None:
+        """Wait for probes in flight to finish (bounded), then cancel the rest."""
+        pending = set(self._inflight)
+        if not pending:
+            return
+        _done, still = await asyncio.wait(pending, timeout=timeout)
+        for task in still:
+            task.cancel()
+        if still:
+            await asyncio.gather(*still, return_exceptions=True)
+
+

@@ -1,0 +1,78 @@
+"""Batches probe results and health into the store from one worker thread.
+
+Probing never waits on disk: results are buffered and written every `flush_interval` in
+one transaction, on a single thread so SQLite sees one writer. Other store work that must
+be ordered with those writes (switch records, pruning) goes through `call` on that thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import TypeVar
+
+import structlog
+
+from monitor.domain.health import HealthState
+from monitor.domain.outcome import ProbeResult
+from monitor.store import Store
+
+T = TypeVar("T")
+log = structlog.get_logger()
+
+
+class Recorder:
+    def __init__(self, store: Store, flush_interval: float = 0.2) -> None:
+        self.store = store
+        self.flush_interval = flush_interval
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="store")
+        self._results: list[tuple[int, ProbeResult]] = []
+        self._states: dict[int, HealthState] = {}
+        self._task: asyncio.Task[None] | None = None
+        self.written = 0
+        self.failed_flushes = 0
+
+    def add(self, endpoint_id: int, result: ProbeResult, state: HealthState) -> None:
+        self._results.append((endpoint_id, result))
+        self._states[endpoint_id] = state
+
+    async def call(self, fn: Callable[..., T], *args: object) -> T:
+        """Run a store function on the writer thread, after what is already queued."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    async def flush(self) -> None:
+        results, states = self._results, self._states
+        if not results and not states:
+            return
+        self._results, self._states = [], {}
+        try:
+            await self.call(self.store.save, results, states)
+        except Exception as exc:  # the loop must survive a full disk or a locked file
+            self.failed_flushes += 1
+            # Put the batch back (bounded) so a short outage of the disk loses nothing.
+            if len(self._results) + len(results) <= 100_000:
+                self._results[:0] = results
+                self._states = {**states, **self._states}
+            log.error("store_write_failed", error=str(exc), pending=len(self._results))
+        else:
+            self.written += len(results)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="recorder")
+
+    async def _run(self) -> None:
+        while True:
+            await asyncio.sleep(self.flush_interval)
+            await self.flush()
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self.flush()
+        self._executor.shutdown(wait=True)

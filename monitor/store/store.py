@@ -1,0 +1,359 @@
+"""The store: every read and write of the database goes through here, synchronously.
+
+The daemon calls it from one worker thread (see runtime.recorder), so SQLite sees a single
+writer and the event loop never blocks on disk.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from importlib.resources import files
+from typing import Any
+
+from alembic import command
+from alembic.config import Config as AlembicConfig
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import OperationalError, SQLAlchemyError
+from sqlalchemy.orm import Session, sessionmaker
+
+from monitor.domain.health import Health, HealthState
+from monitor.domain.latency import hist_percentile, histogram, merge, percentile
+from monitor.domain.outcome import ProbeResult
+from monitor.store.tables import EndpointRow, MetaRow, ResultRow, RollupRow
+
+EndpointKey = tuple[str, str]  # (group, endpoint)
+HOUR = 3600
+_PRUNE_BATCH = 20_000
+
+
+class StoreError(Exception):
+    """The database cannot be used; the message is one line for the operator."""
+
+
+@dataclass(frozen=True, slots=True)
+class WindowStats:
+    probes: int
+    successes: int
+    p50_ms: float | None
+    p95_ms: float | None
+
+    @property
+    def uptime(self) -> float | None:
+        """Share of probes that succeeded, 0..1; None with no probes in the window."""
+        return self.successes / self.probes if self.probes else None
+
+
+@dataclass(frozen=True, slots=True)
+class LastProbe:
+    at: float
+    ok: bool
+    outcome: str
+    latency_ms: float | None
+    http_status: int | None
+    detail: str | None
+
+
+def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
+    cursor = dbapi_connection.cursor()
+    # WAL lets `status` read while the daemon writes; NORMAL is durable across process
+    # crashes (only an OS crash can lose the last commits), at a fraction of FULL's cost.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA synchronous=NORMAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def migrations_config() -> AlembicConfig:
+    config = AlembicConfig()
+    # Resolved from the installed package, so an installed daemon migrates itself.
+    config.set_main_option("script_location", str(files("monitor.migrations")))
+    return config
+
+
+class Store:
+    def __init__(self, url: str) -> None:
+        self.url = url
+        parsed = make_url(url)
+        self.is_sqlite = parsed.get_backend_name() == "sqlite"
+        self.path = parsed.database if self.is_sqlite else None
+        self.engine: Engine = create_engine(url)
+        if self.is_sqlite:
+            event.listen(self.engine, "connect", _sqlite_pragmas)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def _fail(self, exc: SQLAlchemyError) -> StoreError:
+        orig = getattr(exc, "orig", None)
+        reason = str(orig) if orig is not None else type(exc).__name__
+        where = self.path if self.is_sqlite else make_url(self.url).render_as_string(True)
+        return StoreError(f"database {where}: {reason}")
+
+    # --- schema ------------------------------------------------------------------------
+
+    def migrate(self) -> None:
+        """Bring the schema to the newest revision (a no-op when it is there)."""
+        config = migrations_config()
+        try:
+            with self.engine.begin() as connection:
+                config.attributes["connection"] = connection
+                command.upgrade(config, "head")
+        except OperationalError as exc:
+            raise self._fail(exc) from None
+
+    def schema_current(self) -> bool:
+        head = ScriptDirectory.from_config(migrations_config()).get_current_head()
+        try:
+            with self.engine.connect() as connection:
+                return MigrationContext.configure(connection).get_current_revision() == head
+        except OperationalError as exc:
+            raise self._fail(exc) from None
+
+    def session(self) -> Session:
+        return self._session()
+
+    # --- endpoints and health ----------------------------------------------------------
+
+    def sync_endpoints(self, endpoints: Iterable[tuple[str, str, str]]) -> dict[EndpointKey, int]:
+        """Make sure a row exists for each (group, endpoint, base_url); return their ids.
+
+        Rows of endpoints no longer configured are kept: their history stays readable and
+        comes back if the endpoint does.
+        """
+        wanted = list(endpoints)
+        with self.session() as session, session.begin():
+            rows = {(r.group_name, r.name): r for r in session.scalars(select(EndpointRow))}
+            for group, name, base_url in wanted:
+                row = rows.get((group, name))
+                if row is None:
+                    row = EndpointRow(
+                        group_name=group,
+                        name=name,
+                        base_url=base_url,
+                        health=Health.UNKNOWN.value,
+                        successes=0,
+                        failures=0,
+                    )
+                    session.add(row)
+                    rows[(group, name)] = row
+                elif row.base_url != base_url:
+                    # A new URL is a new endpoint as far as health goes.
+                    row.base_url = base_url
+                    row.health, row.successes, row.failures = Health.UNKNOWN.value, 0, 0
+                    row.health_since = None
+            session.flush()
+            return {(g, n): rows[(g, n)].id for g, n, _ in wanted}
+
+    def health(self) -> dict[EndpointKey, HealthState]:
+        with self.session() as session:
+            return {
+                (r.group_name, r.name): HealthState(
+                    health=Health(r.health),
+                    successes=r.successes,
+                    failures=r.failures,
+                    since=r.health_since,
+                    last_probe_at=r.last_probe_at,
+                )
+                for r in session.scalars(select(EndpointRow))
+            }
+
+    def endpoint_ids(self) -> dict[EndpointKey, int]:
+        with self.session() as session:
+            rows = session.execute(select(EndpointRow.group_name, EndpointRow.name, EndpointRow.id))
+            return {(g, n): i for g, n, i in rows}
+
+    def save(
+        self,
+        results: Sequence[tuple[int, ProbeResult]],
+        states: Mapping[int, HealthState],
+    ) -> None:
+        """Write a batch of results and the health they led to, in one transaction."""
+        if not results and not states:
+            return
+        with self.session() as session, session.begin():
+            if results:
+                session.execute(
+                    ResultRow.__table__.insert(),
+                    [
+                        {
+                            "endpoint_id": endpoint_id,
+                            "at": r.at,
+                            "ok": r.ok,
+                            "outcome": r.outcome.value,
+                            "latency_ms": r.latency_ms,
+                            "http_status": r.http_status,
+                            "detail": r.detail,
+                            "prompt_tokens": r.prompt_tokens,
+                            "completion_tokens": r.completion_tokens,
+                        }
+                        for endpoint_id, r in results
+                    ],
+                )
+            if states:
+                session.execute(
+                    update(EndpointRow),
+                    [
+                        {
+                            "id": endpoint_id,
+                            "health": s.health.value,
+                            "successes": s.successes,
+                            "failures": s.failures,
+                            "health_since": s.since,
+                            "last_probe_at": s.last_probe_at,
+                        }
+                        for endpoint_id, s in states.items()
+                    ],
+                )
+
+    def last_probe(self, endpoint_id: int) -> LastProbe | None:
+        with self.session() as session:
+            row = session.scalars(
+                select(ResultRow)
+                .where(ResultRow.endpoint_id == endpoint_id)
+                .order_by(ResultRow.at.desc())
+                .limit(1)
+            ).first()
+        if row is None:
+            return None
+        return LastProbe(row.at, row.ok, row.outcome, row.latency_ms, row.http_status, row.detail)
+
+    def recent_results(self, endpoint_id: int, limit: int) -> list[LastProbe]:
+        with self.session() as session:
+            rows = session.scalars(
+                select(ResultRow)
+                .where(ResultRow.endpoint_id == endpoint_id)
+                .order_by(ResultRow.at.desc())
+                .limit(limit)
+            ).all()
+        return [LastProbe(r.at, r.ok, r.outcome, r.latency_ms, r.http_status, r.detail) for r in rows]
+
+    # --- windows, rollups, retention --------------------------------------------------
+
+    def _meta(self, session: Session, key: str) -> str | None:
+        row = session.get(MetaRow, key)
+        return row.value if row else None
+
+    def rolled_until(self) -> int:
+        with self.session() as session:
+            value = self._meta(session, "rolled_until")
+        return int(value) if value else 0
+
+    def window(self, endpoint_id: int, seconds: float, now: float) -> WindowStats:
+        """Probes, successes and latency percentiles over the last `seconds`.
+
+        Windows up to an hour are answered exactly from raw rows. Longer ones take raw rows
+        for what has not been rolled up yet (the current hour) and rollups for the hours
+        before, at hour resolution and histogram precision (percentiles <= 10% high).
+        """
+        start = now - seconds
+        with self.session() as session:
+            rolled = 0 if seconds <= HOUR else int(self._meta(session, "rolled_until") or 0)
+            raw_from = max(start, rolled)
+            latencies = list(
+                session.scalars(
+                    select(ResultRow.latency_ms)
+                    .where(
+                        ResultRow.endpoint_id == endpoint_id,
+                        ResultRow.at >= raw_from,
+                        ResultRow.at <= now,
+                        ResultRow.ok.is_(True),
+                    )
+                    .order_by(ResultRow.latency_ms)
+                )
+            )
+            probes = session.scalar(
+                select(func.count())
+                .select_from(ResultRow)
+                .where(
+                    ResultRow.endpoint_id == endpoint_id,
+                    ResultRow.at >= raw_from,
+                    ResultRow.at <= now,
+                )
+            ) or 0
+            successes = len(latencies)
+            rollups = (
+                session.scalars(
+                    select(RollupRow).where(
+                        RollupRow.endpoint_id == endpoint_id,
+                        RollupRow.hour + HOUR > start,
+                        RollupRow.hour < rolled,
+                    )
+                ).all()
+                if start < rolled
+                else []
+            )
+        values = [v for v in latencies if v is not None]
+        if not rollups:
+            return WindowStats(probes, successes, percentile(values, 50), percentile(values, 95))
+        hist = histogram(values)
+        for row in rollups:
+            probes += row.probes
+            successes += row.successes
+            merge(hist, {int(k): n for k, n in json.loads(row.histogram).items()})
+        return WindowStats(probes, successes, hist_percentile(hist, 50), hist_percentile(hist, 95))
+
+    def rollup(self, now: float) -> int:
+        """Fold every complete hour not yet rolled up into rollups; return hours folded."""
+        current_hour = int(now // HOUR) * HOUR
+        folded = 0
+        with self.session() as session, session.begin():
+            rolled = int(self._meta(session, "rolled_until") or 0)
+            if rolled == 0:
+                first = session.scalar(select(func.min(ResultRow.at)))
+                if first is None:
+                    return 0
+                rolled = int(first // HOUR) * HOUR
+            hour = rolled
+            while hour < current_hour:
+                rows = session.execute(
+                    select(ResultRow.endpoint_id, ResultRow.ok, ResultRow.latency_ms).where(
+                        ResultRow.at >= hour, ResultRow.at < hour + HOUR
+                    )
+                )
+                acc: dict[int, tuple[int, int, list[float]]] = {}
+                for endpoint_id, ok, latency in rows:
+                    probes, successes, values = acc.get(endpoint_id, (0, 0, []))
+                    if ok and latency is not None:
+                        values.append(latency)
+                    acc[endpoint_id] = (probes + 1, successes + (1 if ok else 0), values)
+                for endpoint_id, (probes, successes, values) in acc.items():
+                    session.merge(
+                        RollupRow(
+                            endpoint_id=endpoint_id,
+                            hour=hour,
+                            probes=probes,
+                            successes=successes,
+                            histogram=json.dumps(histogram(values), separators=(",", ":")),
+                        )
+                    )
+                hour += HOUR
+                folded += 1
+            session.merge(MetaRow(key="rolled_until", value=str(hour)))
+        return folded
+
+    def prune(self, now: float, retention: float, rollup_retention: float) -> int:
+        """Delete raw results older than `retention` (in short batches); return rows removed."""
+        removed = 0
+        cutoff = now - retention
+        while True:
+            with self.session() as session, session.begin():
+                ids = select(ResultRow.id).where(ResultRow.at < cutoff).limit(_PRUNE_BATCH)
+                result = session.execute(delete(ResultRow).where(ResultRow.id.in_(ids)))
+                count = int(getattr(result, "rowcount", 0) or 0)
+            removed += count
+            if count < _PRUNE_BATCH:
+                break
+        with self.session() as session, session.begin():
+            session.execute(delete(RollupRow).where(RollupRow.hour < now - rollup_retention))
+        return removed
+
+    def result_count(self) -> int:
+        with self.session() as session:
+            return session.scalar(select(func.count()).select_from(ResultRow)) or 0

@@ -1,0 +1,76 @@
+"""Shared fixtures: real loopback simulators, real SQLite files, config files on disk."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from monitor.redact import redactor
+from monitor.sim.convai import ConvaiSim
+from monitor.sim.openai import EndpointSim
+
+CONVAI_KEY = "canary-convai-key-5f1e2d3c"
+MODEL = "sim-model"
+
+
+@pytest.fixture(autouse=True)
+def _fresh_redactor() -> Iterator[None]:
+    # Secrets registered by one test's config must not mask another test's output.
+    redactor.clear()
+    yield
+    redactor.clear()
+
+
+@pytest.fixture
+def endpoints() -> Iterator[Callable[..., EndpointSim]]:
+    """Factory of started endpoint simulators, all stopped at teardown."""
+    started: list[EndpointSim] = []
+
+    def make(api_key: str | None = None, model: str = MODEL, **kwargs: Any) -> EndpointSim:
+        sim = EndpointSim(model=model, api_key=api_key, **kwargs)
+        sim.start()
+        started.append(sim)
+        return sim
+
+    yield make
+    for sim in started:
+        sim.stop()
+
+
+@pytest.fixture
+def convai() -> Iterator[ConvaiSim]:
+    sim = ConvaiSim(api_keys=[CONVAI_KEY])
+    sim.start()
+    yield sim
+    sim.stop()
+
+
+def endpoint_entry(name: str, sim: EndpointSim | str, key: str) -> dict[str, Any]:
+    url = sim if isinstance(sim, str) else sim.base_url
+    return {"name": name, "base_url": url, "api_key": key}
+
+
+def config_dict(
+    tmp_path: Path,
+    groups: list[dict[str, Any]],
+    convai_url: str = "http://127.0.0.1:9",
+    **defaults: Any,
+) -> dict[str, Any]:
+    policy = {"interval": 0.5, "fast_interval": 0.1, "timeout": 0.4, "fall": 3, "rise": 2}
+    policy.update(defaults)
+    return {
+        "convai": {"api_key": CONVAI_KEY, "base_url": convai_url, "retry_budget": 1.0, "timeout": 1.0},
+        "storage": {"url": f"sqlite:///{tmp_path / 'monitor.db'}"},
+        "defaults": policy,
+        "groups": groups,
+    }
+
+
+def write_config(tmp_path: Path, data: dict[str, Any], name: str = "config.yaml") -> Path:
+    path = tmp_path / name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path

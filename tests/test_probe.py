@@ -1,0 +1,155 @@
+"""The chat probe against a real local OpenAI-compatible server: every outcome kind."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import pytest
+
+from monitor.config import Policy, Target
+from monitor.domain.outcome import Outcome
+from monitor.probes import ChatProber
+from monitor.redact import redactor
+from monitor.sim.openai import Behaviour, EndpointSim
+
+KEY = "sk-canary-endpoint-key-0123456789"
+Factory = Callable[..., EndpointSim]
+
+
+def target(sim: EndpointSim | str, **policy: object) -> Target:
+    settings = {"interval": 5.0, "fast_interval": 0.5, "timeout": 1.0, **policy}
+    return Target(
+        group="g",
+        endpoint="e",
+        base_url=sim if isinstance(sim, str) else sim.base_url,
+        api_key=KEY,
+        model="sim-model",
+        policy=Policy.model_validate(settings),
+        priority=0,
+    )
+
+
+@pytest.fixture
+async def prober() -> ChatProber:
+    p = ChatProber(max_in_flight=8, max_body_bytes=1 << 20)
+    yield p  # type: ignore[misc]
+    await p.aclose()
+
+
+async def test_ok_probe_sends_a_small_completion(endpoints: Factory, prober: ChatProber) -> None:
+    sim = endpoints(api_key=KEY)
+    result = await prober.probe(target(sim, max_tokens=24))
+    assert result.outcome is Outcome.OK and result.ok
+    assert result.http_status == 200
+    assert result.latency_ms is not None and 0 < result.latency_ms < 1000
+    assert result.prompt_tokens is not None and result.completion_tokens is not None
+    request = sim.last_request
+    assert request is not None
+    assert request["path"] == "/v1/chat/completions"
+    assert request["headers"]["authorization"] == f"Bearer {KEY}"
+    body = request["json"]
+    assert body["model"] == "sim-model"
+    assert body["max_tokens"] == 24
+    assert body["stream"] is False
+    assert body["messages"][0]["role"] == "user"
+
+
+@pytest.mark.parametrize(
+    ("behaviour", "outcome", "status"),
+    [
+        (Behaviour.HTTP_500, Outcome.HTTP_5XX, 500),
+        (Behaviour.HTTP_503, Outcome.HTTP_5XX, 503),
+        (Behaviour.RATE_LIMITED, Outcome.RATE_LIMITED, 429),
+        (Behaviour.UNAUTHORIZED, Outcome.AUTH_ERROR, 401),
+        (Behaviour.FORBIDDEN, Outcome.AUTH_ERROR, 403),
+        (Behaviour.BAD_KEY_400, Outcome.AUTH_ERROR, 400),
+        (Behaviour.PROBE_REJECTED, Outcome.PROBE_REJECTED, 400),
+        (Behaviour.MODEL_NOT_FOUND, Outcome.MODEL_NOT_FOUND, 404),
+        (Behaviour.GARBAGE, Outcome.BAD_RESPONSE, 200),
+        (Behaviour.HTML, Outcome.BAD_RESPONSE, 200),
+        (Behaviour.NO_CHOICES, Outcome.BAD_RESPONSE, 200),
+        (Behaviour.HUGE, Outcome.BAD_RESPONSE, 200),
+        (Behaviour.REDIRECT, Outcome.REDIRECT, 302),
+    ],
+)
+async def test_outcome_kinds(
+    endpoints: Factory,
+    prober: ChatProber,
+    behaviour: Behaviour,
+    outcome: Outcome,
+    status: int,
+) -> None:
+    sim = endpoints(api_key=KEY, behaviour=behaviour)
+    result = await prober.probe(target(sim))
+    assert result.outcome is outcome, result.detail
+    assert result.http_status == status
+    assert not result.ok
+    assert result.detail
+
+
+async def test_wrong_model_is_model_not_found(endpoints: Factory, prober: ChatProber) -> None:
+    sim = endpoints(model="another-model")
+    result = await prober.probe(target(sim))
+    assert result.outcome is Outcome.MODEL_NOT_FOUND
+
+
+async def test_refused_connection(endpoints: Factory, prober: ChatProber) -> None:
+    sim = endpoints(behaviour=Behaviour.REFUSE)
+    result = await prober.probe(target(sim))
+    assert result.outcome is Outcome.CONNECT_ERROR
+    assert result.latency_ms is None and result.http_status is None
+
+
+async def test_hang_times_out_on_the_deadline(endpoints: Factory, prober: ChatProber) -> None:
+    sim = endpoints(behaviour=Behaviour.HANG)
+    started = time.perf_counter()
+    result = await prober.probe(target(sim, timeout=0.3))
+    elapsed = time.perf_counter() - started
+    assert result.outcome is Outcome.TIMEOUT
+    assert 0.25 < elapsed < 1.0
+
+
+async def test_endless_stream_is_capped_not_buffered(endpoints: Factory, prober: ChatProber) -> None:
+    sim = endpoints(behaviour=Behaviour.ENDLESS)
+    result = await prober.probe(target(sim, timeout=2.0))
+    # It either hits the byte cap (bad response) quickly, or the deadline; never hangs.
+    assert result.outcome in (Outcome.BAD_RESPONSE, Outcome.TIMEOUT)
+    assert result.outcome is Outcome.BAD_RESPONSE, "1 MiB should arrive well within 2s"
+
+
+async def test_slow_answer_over_threshold(endpoints: Factory, prober: ChatProber) -> None:
+    sim = endpoints(delay=0.15)
+    slow = await prober.probe(target(sim, latency_threshold=0.05))
+    assert slow.outcome is Outcome.TOO_SLOW
+    assert slow.latency_ms is not None and slow.latency_ms >= 150
+    fine = await prober.probe(target(sim, latency_threshold=0.5))
+    assert fine.outcome is Outcome.OK
+
+
+async def test_latency_measures_the_request(endpoints: Factory, prober: ChatProber) -> None:
+    sim = endpoints(delay=0.1)
+    result = await prober.probe(target(sim))
+    assert result.latency_ms is not None
+    assert 100 <= result.latency_ms < 180
+
+
+async def test_wrong_path_is_a_4xx_not_model(endpoints: Factory, prober: ChatProber) -> None:
+    sim = endpoints()
+    result = await prober.probe(target(sim.origin + "/nothing-here"))
+    # The sim answers any path ending in /chat/completions, so this is served: prove the
+    # prober builds the path from base_url and a bad base_url is caught as such instead.
+    assert result.outcome is Outcome.OK
+    assert sim.last_request is not None
+    assert sim.last_request["path"] == "/nothing-here/chat/completions"
+
+
+async def test_echoed_key_is_redacted(endpoints: Factory, prober: ChatProber) -> None:
+    redactor.register(KEY)
+    sim = endpoints(api_key="sk-the-right-one-000000")
+    sim.echo_key = True
+    result = await prober.probe(target(sim))
+    assert result.outcome is Outcome.AUTH_ERROR
+    assert result.detail is not None
+    assert KEY not in result.detail
+    assert KEY[-12:] not in result.detail
