@@ -47,10 +47,17 @@ async def resolve_targets(config: Config, convai: ConvaiClient | None = None) ->
         if own:
             await client.aclose()
     models = {m.model_group_name: m.model_name for m in listing.models}
-    missing = [g.model_group_name for g in config.groups if not g.model_name and g.model_group_name not in models]
+    missing = [
+        g.model_group_name
+        for g in config.groups
+        if not g.model_name and g.model_group_name not in models
+    ]
     if missing:
         raise ConfigError(
-            [f"groups: {name}: no model_name in config and Convai lists no such group" for name in missing]
+            [
+                f"groups: {name}: no model_name in config and Convai lists no such group"
+                for name in missing
+            ]
         )
     return build_targets(config, models)
 

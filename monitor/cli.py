@@ -77,7 +77,14 @@ def cmd_check(args: argparse.Namespace) -> int:
             table(
                 ["GROUP", "ENDPOINT", "OUTCOME", "LATENCY", "STATUS", "DETAIL"],
                 [
-                    (r.group, r.endpoint, r.outcome.value, fmt_ms(r.latency_ms), r.http_status, r.detail)
+                    (
+                        r.group,
+                        r.endpoint,
+                        r.outcome.value,
+                        fmt_ms(r.latency_ms),
+                        r.http_status,
+                        r.detail,
+                    )
                     for r in results
                 ],
             )

@@ -291,7 +291,11 @@ def _split_policy(data: dict[str, Any]) -> dict[int, set[str]]:
     """
     own_keys: dict[int, set[str]] = {}
     defaults = data.get("defaults")
-    base = {k: v for k, v in defaults.items() if k in POLICY_KEYS} if isinstance(defaults, dict) else {}
+    base = (
+        {k: v for k, v in defaults.items() if k in POLICY_KEYS}
+        if isinstance(defaults, dict)
+        else {}
+    )
     groups = data.get("groups")
     if not isinstance(groups, list):
         return own_keys
@@ -425,7 +429,7 @@ def build_targets(config: Config, models: dict[str, str] | None = None) -> list[
         model = group.model_name or models.get(group.model_group_name)
         if model is None:
             raise ConfigError(
-                [f"{group.model_group_name}: model_name is not configured and Convai does not list it"]
+                [f"{group.model_group_name}: no model_name in config and Convai lists none"]
             )
         for priority, endpoint in enumerate(group.endpoints):
             targets.append(

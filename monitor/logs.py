@@ -40,7 +40,9 @@ def redact_processor(
     return event_dict
 
 
-def setup_logging(level: str = "info", stream: TextIO | None = None, json: bool | None = None) -> None:
+def setup_logging(
+    level: str = "info", stream: TextIO | None = None, json: bool | None = None
+) -> None:
     stream = stream or sys.stderr
     if json is None:
         json = not stream.isatty()

@@ -18,7 +18,9 @@ _MIN_SECRET_LEN = 6
 # Bearer tokens and key-looking tokens are masked even when nobody registered them.
 _PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"),
-    re.compile(r"(?i)((?:api[_-]?key|convai-api-key|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]+"),
+    re.compile(
+        r"(?i)((?:api[_-]?key|convai-api-key|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]+"
+    ),
     re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}"),
 )
 

@@ -63,7 +63,12 @@ def config_dict(
     policy = {"interval": 0.5, "fast_interval": 0.1, "timeout": 0.4, "fall": 3, "rise": 2}
     policy.update(defaults)
     return {
-        "convai": {"api_key": CONVAI_KEY, "base_url": convai_url, "retry_budget": 1.0, "timeout": 1.0},
+        "convai": {
+            "api_key": CONVAI_KEY,
+            "base_url": convai_url,
+            "retry_budget": 1.0,
+            "timeout": 1.0,
+        },
         "storage": {"url": f"sqlite:///{tmp_path / 'monitor.db'}"},
         "defaults": policy,
         "groups": groups,

@@ -58,7 +58,15 @@ def test_good_config_resolves_defaults_overrides_and_env() -> None:
 
 @pytest.mark.parametrize(
     ("text", "seconds"),
-    [("500ms", 0.5), ("30s", 30), ("5m", 300), ("2h", 7200), ("30d", 2592000), ("0.25", 0.25), (3, 3.0)],
+    [
+        ("500ms", 0.5),
+        ("30s", 30),
+        ("5m", 300),
+        ("2h", 7200),
+        ("30d", 2592000),
+        ("0.25", 0.25),
+        (3, 3.0),
+    ],
 )
 def test_durations(text: str | int, seconds: float) -> None:
     assert parse_duration(text) == pytest.approx(seconds)
@@ -105,7 +113,10 @@ groups:
 def test_group_override_errors_point_at_the_group() -> None:
     text = GOOD.replace("    fall: 5\n", "    fall: many\n    bogus: 1\n")
     found = problems(text)
-    assert "groups[0].fall: Input should be a valid integer, unable to parse string as an integer" in found
+    assert (
+        "groups[0].fall: Input should be a valid integer, unable to parse string as an integer"
+        in found
+    )
     assert "groups[0].bogus: unknown key" in found
 
 
@@ -133,11 +144,14 @@ def test_credentials_in_url_rejected() -> None:
 
 def test_bad_yaml_is_one_line_with_position() -> None:
     found = problems("convai: [unclosed\n")
-    assert len(found) == 1 and found[0].startswith("line ")
+    assert len(found) == 1
+    assert found[0].startswith("line ")
 
 
 def test_not_a_mapping() -> None:
-    assert problems("- a\n- b\n") == ["<root>: expected a mapping of sections (convai, groups, ...)"]
+    assert problems("- a\n- b\n") == [
+        "<root>: expected a mapping of sections (convai, groups, ...)"
+    ]
 
 
 def test_key_file(tmp_path: Path) -> None:

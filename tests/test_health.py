@@ -84,9 +84,11 @@ def test_up_for_counts_from_the_change() -> None:
 def test_rise_and_fall_of_one() -> None:
     limits = Thresholds(rise=1, fall=1)
     state, transition = judge(HealthState(), F, 1.0, limits)
-    assert state.health is Health.DOWN and transition is not None
+    assert state.health is Health.DOWN
+    assert transition is not None
     state, transition = judge(state, P, 2.0, limits)
-    assert state.health is Health.UP and transition is not None
+    assert state.health is Health.UP
+    assert transition is not None
 
 
 @pytest.mark.parametrize(

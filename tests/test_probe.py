@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 
 import pytest
 
@@ -31,19 +31,22 @@ def target(sim: EndpointSim | str, **policy: object) -> Target:
 
 
 @pytest.fixture
-async def prober() -> ChatProber:
+async def prober() -> AsyncIterator[ChatProber]:
     p = ChatProber(max_in_flight=8, max_body_bytes=1 << 20)
-    yield p  # type: ignore[misc]
+    yield p
     await p.aclose()
 
 
 async def test_ok_probe_sends_a_small_completion(endpoints: Factory, prober: ChatProber) -> None:
     sim = endpoints(api_key=KEY)
     result = await prober.probe(target(sim, max_tokens=24))
-    assert result.outcome is Outcome.OK and result.ok
+    assert result.outcome is Outcome.OK
+    assert result.ok
     assert result.http_status == 200
-    assert result.latency_ms is not None and 0 < result.latency_ms < 1000
-    assert result.prompt_tokens is not None and result.completion_tokens is not None
+    assert result.latency_ms is not None
+    assert 0 < result.latency_ms < 1000
+    assert result.prompt_tokens is not None
+    assert result.completion_tokens is not None
     request = sim.last_request
     assert request is not None
     assert request["path"] == "/v1/chat/completions"
@@ -98,7 +101,8 @@ async def test_refused_connection(endpoints: Factory, prober: ChatProber) -> Non
     sim = endpoints(behaviour=Behaviour.REFUSE)
     result = await prober.probe(target(sim))
     assert result.outcome is Outcome.CONNECT_ERROR
-    assert result.latency_ms is None and result.http_status is None
+    assert result.latency_ms is None
+    assert result.http_status is None
 
 
 async def test_hang_times_out_on_the_deadline(endpoints: Factory, prober: ChatProber) -> None:
@@ -110,7 +114,9 @@ async def test_hang_times_out_on_the_deadline(endpoints: Factory, prober: ChatPr
     assert 0.25 < elapsed < 1.0
 
 
-async def test_endless_stream_is_capped_not_buffered(endpoints: Factory, prober: ChatProber) -> None:
+async def test_endless_stream_is_capped_not_buffered(
+    endpoints: Factory, prober: ChatProber
+) -> None:
     sim = endpoints(behaviour=Behaviour.ENDLESS)
     result = await prober.probe(target(sim, timeout=2.0))
     # It either hits the byte cap (bad response) quickly, or the deadline; never hangs.
@@ -122,7 +128,8 @@ async def test_slow_answer_over_threshold(endpoints: Factory, prober: ChatProber
     sim = endpoints(delay=0.15)
     slow = await prober.probe(target(sim, latency_threshold=0.05))
     assert slow.outcome is Outcome.TOO_SLOW
-    assert slow.latency_ms is not None and slow.latency_ms >= 150
+    assert slow.latency_ms is not None
+    assert slow.latency_ms >= 150
     fine = await prober.probe(target(sim, latency_threshold=0.5))
     assert fine.outcome is Outcome.OK
 

@@ -178,7 +178,9 @@ class ChatProber:
             and latency_ms > policy.latency_threshold * 1000.0
         ):
             outcome = Outcome.TOO_SLOW
-            detail = f"{latency_ms:.0f}ms over the {policy.latency_threshold * 1000:.0f}ms threshold"
+            detail = (
+                f"{latency_ms:.0f}ms over the {policy.latency_threshold * 1000:.0f}ms threshold"
+            )
         prompt_tokens, completion_tokens = _usage(data)
         return ProbeResult(
             at=at,

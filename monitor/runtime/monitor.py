@@ -7,7 +7,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 
 import structlog
 from apscheduler.events import (
@@ -70,6 +70,9 @@ class Monitor:
         self.targets: dict[EndpointKey, Target] = {}
         self.counters = Counters()
         self.listeners: list[Listener] = []
+        # Groups with no healthy endpoint: every endpoint is probed at the fast cadence
+        # so the group is switched the moment any endpoint is judged up.
+        self.urgent: set[str] = set()
         self._scheduled: dict[str, datetime] = {}
         self._phase: dict[EndpointKey, float] = {}
         self._first_round: set[EndpointKey] = set()
@@ -116,7 +119,7 @@ class Monitor:
 
     def _next_run(self, key: EndpointKey, scheduled: float, state: HealthState) -> float:
         target = self.targets[key]
-        if in_transition(state):
+        if in_transition(state) or target.group in self.urgent:
             return scheduled + target.policy.fast_interval
         if key in self._first_round:
             # Leave the startup burst for this endpoint's place on the interval.
@@ -161,12 +164,16 @@ class Monitor:
         if job is not None:
             job.modify(next_run_time=datetime.fromtimestamp(due, UTC))
 
-    async def observe(self, target: Target, result: ProbeResult) -> tuple[HealthState, Transition | None]:
+    async def observe(
+        self, target: Target, result: ProbeResult
+    ) -> tuple[HealthState, Transition | None]:
         """Judge a probe result, record it, tell the listeners. Also used for pre-flights."""
         key = (target.group, target.endpoint)
         now = time.time()
         limits = Thresholds(rise=target.policy.rise, fall=target.policy.fall)
-        state, transition = judge(self.states.get(key, HealthState()), result.outcome.verdict, now, limits)
+        state, transition = judge(
+            self.states.get(key, HealthState()), result.outcome.verdict, now, limits
+        )
         self.states[key] = state
         self.counters.probes += 1
         endpoint_id = self.endpoint_ids.get(key)
@@ -213,15 +220,13 @@ class Monitor:
 
     # --- lifecycle ---------------------------------------------------------------------
 
-    async def drain(self, timeout: float) -> None:
+    async def drain(self, grace: float) -> None:
         """Wait for probes in flight to finish (bounded), then cancel the rest."""
         pending = set(self._inflight)
         if not pending:
             return
-        _done, still = await asyncio.wait(pending, timeout=timeout)
+        _done, still = await asyncio.wait(pending, timeout=grace)
         for task in still:
             task.cancel()
         if still:
             await asyncio.gather(*still, return_exceptions=True)
-
-

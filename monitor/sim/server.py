@@ -31,7 +31,7 @@ class JsonHandler(BaseHTTPRequestHandler):
         # answer would stall ~40 ms waiting for an ACK and swamp latency measurements.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+    def log_message(self, format: str, *args: Any) -> None:
         return
 
     def read_body(self) -> bytes:

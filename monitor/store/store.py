@@ -16,7 +16,7 @@ from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, delete, event, func, select, update
+from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import Session, sessionmaker
@@ -180,7 +180,7 @@ class Store:
         with self.session() as session, session.begin():
             if results:
                 session.execute(
-                    ResultRow.__table__.insert(),
+                    insert(ResultRow),
                     [
                         {
                             "endpoint_id": endpoint_id,
@@ -232,7 +232,9 @@ class Store:
                 .order_by(ResultRow.at.desc())
                 .limit(limit)
             ).all()
-        return [LastProbe(r.at, r.ok, r.outcome, r.latency_ms, r.http_status, r.detail) for r in rows]
+        return [
+            LastProbe(r.at, r.ok, r.outcome, r.latency_ms, r.http_status, r.detail) for r in rows
+        ]
 
     # --- windows, rollups, retention --------------------------------------------------
 
@@ -268,15 +270,18 @@ class Store:
                     .order_by(ResultRow.latency_ms)
                 )
             )
-            probes = session.scalar(
-                select(func.count())
-                .select_from(ResultRow)
-                .where(
-                    ResultRow.endpoint_id == endpoint_id,
-                    ResultRow.at >= raw_from,
-                    ResultRow.at <= now,
+            probes = (
+                session.scalar(
+                    select(func.count())
+                    .select_from(ResultRow)
+                    .where(
+                        ResultRow.endpoint_id == endpoint_id,
+                        ResultRow.at >= raw_from,
+                        ResultRow.at <= now,
+                    )
                 )
-            ) or 0
+                or 0
+            )
             successes = len(latencies)
             rollups = (
                 session.scalars(

@@ -70,3 +70,62 @@ class MetaRow(Base):
 
     key: Mapped[str] = mapped_column(String(64), primary_key=True)
     value: Mapped[str] = mapped_column(Text)
+
+
+class GroupRow(Base):
+    """What the daemon believes about a Convai model group, shared with the CLI."""
+
+    __tablename__ = "groups"
+
+    name: Mapped[str] = mapped_column(String(200), primary_key=True)
+    active_endpoint: Mapped[str | None] = mapped_column(String(100))
+    registered_base_url: Mapped[str | None] = mapped_column(String(2000))
+    model_name: Mapped[str | None] = mapped_column(String(200))
+    monitored: Mapped[bool] = mapped_column(Boolean, default=True)
+    state: Mapped[str] = mapped_column(String(24), default="healthy")
+    # The last condition recorded as an event (all_down, flapping, ...), so a condition
+    # that lasts is recorded once, not on every evaluation.
+    condition: Mapped[str | None] = mapped_column(String(32))
+    last_switch_at: Mapped[float | None] = mapped_column(Float)
+    operator_at: Mapped[float | None] = mapped_column(Float)
+    pinned_endpoint: Mapped[str | None] = mapped_column(String(100))
+    pinned_until: Mapped[float | None] = mapped_column(Float)
+    synced_at: Mapped[float | None] = mapped_column(Float)
+
+
+class SwitchRow(Base):
+    """One switch, written as an intent before Convai is called, completed after read-back."""
+
+    __tablename__ = "switches"
+    __table_args__ = (Index("ix_switches_group_at", "group_name", "intent_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(16))  # failover | failback | manual
+    automatic: Mapped[bool] = mapped_column(Boolean)
+    from_endpoint: Mapped[str | None] = mapped_column(String(100))
+    to_endpoint: Mapped[str] = mapped_column(String(100))
+    to_base_url: Mapped[str] = mapped_column(String(2000))
+    # intent -> confirmed | failed | abandoned; dry_run never leaves the daemon
+    status: Mapped[str] = mapped_column(String(16))
+    reason: Mapped[str] = mapped_column(Text)
+    detected_at: Mapped[float | None] = mapped_column(Float)  # first failed probe
+    intent_at: Mapped[float] = mapped_column(Float)
+    completed_at: Mapped[float | None] = mapped_column(Float)
+    transaction_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class EventRow(Base):
+    """The audit log: everything the daemon decided or noticed about a group."""
+
+    __tablename__ = "events"
+    __table_args__ = (Index("ix_events_group_at", "group_name", "at"), Index("ix_events_at", "at"))
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    at: Mapped[float] = mapped_column(Float)
+    group_name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    message: Mapped[str] = mapped_column(Text)
+    switch_id: Mapped[int | None] = mapped_column(ForeignKey("switches.id"))
+    details: Mapped[str | None] = mapped_column(Text)  # JSON, redacted

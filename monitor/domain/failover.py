@@ -1,0 +1,181 @@
+"""The failover decision: which endpoint a group should be on, and why. Pure.
+
+`decide` looks at one group (the health of its endpoints, where Convai points, recent
+switches, pins) at a time `now`, and says what to do. The engine (runtime.failover) does
+the I/O: pre-flight, compare-and-set, intent, update, read-back.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import StrEnum
+
+from monitor.domain.health import Health
+
+HOUR = 3600.0
+
+
+class Action(StrEnum):
+    STAY = "stay"
+    FAILOVER = "failover"
+    FAILBACK = "failback"
+    ALL_DOWN = "all_down"
+    FLAPPING = "flapping"
+    ISOLATED = "isolated"
+    PRIMARY_RECOVERED = "primary_recovered"  # failback: manual, and a better endpoint is back
+    PINNED = "pinned"  # a switch is due but an operator pinned the group
+
+
+class GroupState(StrEnum):
+    """What `status` shows for a group."""
+
+    HEALTHY = "healthy"  # on the primary, and it is not down
+    DEGRADED = "degraded"  # on a down endpoint with a switch pending or failing, or lost
+    FAILED_OVER = "failed_over"  # on a fallback that is not down
+    ALL_DOWN = "all_down"
+    PINNED = "pinned"
+    FLAPPING = "flapping"
+
+
+@dataclass(frozen=True, slots=True)
+class EndpointView:
+    name: str
+    health: Health
+    up_since: float | None = None  # when it last became up (None unless up)
+
+
+@dataclass(frozen=True, slots=True)
+class Rules:
+    failback: str = "auto"  # "auto" | "manual"
+    failback_after: float = 300.0
+    min_dwell: float = 120.0
+    max_switches_per_hour: int = 4
+
+
+@dataclass(frozen=True, slots=True)
+class GroupView:
+    name: str
+    endpoints: tuple[EndpointView, ...]  # priority order: the first is the primary
+    active: str | None  # where Convai points, as far as we know; None: matches nothing
+    rules: Rules = Rules()
+    switch_times: tuple[float, ...] = ()  # automatic switches, any age (old ones are ignored)
+    last_switch_at: float | None = None
+    operator_at: float | None = None  # last operator action: clears a flapping freeze
+    pinned_to: str | None = None
+    pinned_until: float | None = None
+    isolated: bool = False  # the monitor itself looks cut off (see runtime.failover)
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    action: Action
+    reason: str
+    candidates: tuple[str, ...] = ()  # in the order to try them (pre-flight may skip some)
+
+    @property
+    def switches(self) -> bool:
+        return self.action in (Action.FAILOVER, Action.FAILBACK)
+
+
+def recent_switches(view: GroupView, now: float) -> int:
+    """Automatic switches in the last hour, not counting any before an operator acted."""
+    since = now - HOUR
+    if view.operator_at is not None:
+        since = max(since, view.operator_at)
+    return sum(1 for t in view.switch_times if t > since)
+
+
+def frozen(view: GroupView, now: float) -> bool:
+    """Flap damping: past max_switches_per_hour the group stays where it is."""
+    return recent_switches(view, now) >= view.rules.max_switches_per_hour
+
+
+def failback_hold(view: GroupView, now: float) -> float:
+    """How long a better endpoint must stay up before failback.
+
+    Each repeat switch within the hour doubles it (Envoy's ejection back-off), so an
+    endpoint that keeps dying is given longer to prove itself each time.
+    """
+    repeats = max(0, recent_switches(view, now) - 1)
+    return view.rules.failback_after * float(1 << repeats)
+
+
+def pinned(view: GroupView, now: float) -> bool:
+    return view.pinned_to is not None and (view.pinned_until is None or now < view.pinned_until)
+
+
+def decide(view: GroupView, now: float) -> Decision:
+    if view.active is None:
+        # Convai points somewhere we do not know: a human's change, never overwritten.
+        return Decision(Action.STAY, "Convai's base_url matches no configured endpoint")
+    names = [e.name for e in view.endpoints]
+    if view.active not in names:
+        return Decision(Action.STAY, f"active endpoint {view.active} is not configured")
+    by_name = {e.name: e for e in view.endpoints}
+    active = by_name[view.active]
+
+    if active.health is Health.DOWN:
+        if view.isolated:
+            # Everything failing at once and Convai unreachable too: most likely our own
+            # network. Switching would only move the group to an equally unreachable place.
+            return Decision(Action.ISOLATED, "every endpoint and Convai are unreachable")
+        candidates = tuple(
+            e.name for e in view.endpoints if e.name != active.name and e.health is Health.UP
+        )
+        if not candidates:
+            return Decision(Action.ALL_DOWN, f"{active.name} is down and no other endpoint is up")
+        if pinned(view, now):
+            return Decision(
+                Action.PINNED,
+                f"{active.name} is down but the group is pinned to {view.pinned_to}",
+                candidates,
+            )
+        if frozen(view, now):
+            return Decision(
+                Action.FLAPPING,
+                f"{recent_switches(view, now)} switches within the hour; holding on {active.name}",
+                candidates,
+            )
+        return Decision(Action.FAILOVER, f"{active.name} is down", candidates)
+
+    # The active endpoint is up (or not yet judged): is a better one ready to return to?
+    better = names[: names.index(active.name)]
+    if not better:
+        return Decision(Action.STAY, f"on the primary {active.name}")
+    hold = failback_hold(view, now)
+    ready = [by_name[n] for n in better if _up_for(by_name[n], now) >= hold]
+    if not ready:
+        return Decision(Action.STAY, f"on {active.name}; no better endpoint up for {hold:g}s")
+    best = ready[0]
+    if pinned(view, now):
+        return Decision(Action.PINNED, f"{best.name} is back but the group is pinned", (best.name,))
+    if view.rules.failback == "manual":
+        return Decision(
+            Action.PRIMARY_RECOVERED,
+            f"{best.name} has been up for {hold:g}s; failback is manual",
+            (best.name,),
+        )
+    if view.last_switch_at is not None and now - view.last_switch_at < view.rules.min_dwell:
+        return Decision(Action.STAY, f"{best.name} is back; waiting out min_dwell on {active.name}")
+    if frozen(view, now):
+        return Decision(Action.FLAPPING, "switch limit reached; not failing back", (best.name,))
+    return Decision(Action.FAILBACK, f"{best.name} has been up for {hold:g}s", (best.name,))
+
+
+def _up_for(endpoint: EndpointView, now: float) -> float:
+    if endpoint.health is not Health.UP or endpoint.up_since is None:
+        return -1.0
+    return now - endpoint.up_since
+
+
+def group_state(view: GroupView, decision: Decision, now: float) -> GroupState:
+    if pinned(view, now):
+        return GroupState.PINNED
+    if decision.action is Action.FLAPPING:
+        return GroupState.FLAPPING
+    if decision.action in (Action.ALL_DOWN, Action.ISOLATED):
+        return GroupState.ALL_DOWN
+    if view.active is None or decision.action is Action.FAILOVER:
+        return GroupState.DEGRADED
+    primary = view.endpoints[0].name if view.endpoints else None
+    return GroupState.HEALTHY if view.active == primary else GroupState.FAILED_OVER

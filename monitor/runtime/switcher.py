@@ -1,0 +1,237 @@
+"""One switch, end to end: pre-flight, compare-and-set, intent, update, read-back, record.
+
+Shared by the daemon's automatic failover/failback and the operator's `failover` command,
+so both leave the same records and take the same care.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+import structlog
+
+from monitor.config import Target, normalize_url
+from monitor.convai import ConvaiClient, ConvaiError
+from monitor.domain.outcome import ProbeResult
+from monitor.store.switching import SwitchLog, SwitchRecord
+
+T = TypeVar("T")
+Call = Callable[..., Awaitable[Any]]  # runs a store function where the store is written
+Probe = Callable[[Target], Awaitable[ProbeResult]]
+
+log = structlog.get_logger()
+
+# After a successful update whose read-back disagrees, try the update this many more times.
+READBACK_RETRIES = 1
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchRequest:
+    group: str
+    kind: str  # failover | failback | manual
+    automatic: bool
+    expected_active: str | None
+    candidates: tuple[Target, ...]
+    reason: str
+    detected_at: float | None = None
+    details: dict[str, Any] | None = None
+    preflight: bool = True
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchOutcome:
+    status: str  # confirmed | failed | skipped | preflight_failed | dry_run | drift
+    switch: SwitchRecord | None = None
+    target: Target | None = None
+    message: str = ""
+
+
+class Switcher:
+    def __init__(
+        self,
+        convai: ConvaiClient,
+        switches: SwitchLog,
+        call: Call,
+        probe: Probe,
+        *,
+        dry_run: bool = False,
+    ) -> None:
+        self.convai = convai
+        self.switches = switches
+        self.call = call
+        self.probe = probe
+        self.dry_run = dry_run
+
+    async def registered_url(self, group: str) -> str | None:
+        listing = await self.convai.list_models()
+        model = listing.get(group)
+        return model.base_url if model else None
+
+    async def switch(self, request: SwitchRequest, current_url: str | None) -> SwitchOutcome:
+        """Move the group to the first candidate that passes pre-flight.
+
+        `current_url` is the base_url the group is believed to be on (for the check
+        against Convai right before the update); None skips that check.
+        """
+        bound = log.bind(group=request.group)
+        chosen: Target | None = None
+        for target in request.candidates:
+            if not request.preflight:
+                chosen = target
+                break
+            result = await self.probe(target)
+            if result.ok:
+                chosen = target
+                break
+            bound.warning(
+                "preflight_failed",
+                endpoint=target.endpoint,
+                outcome=result.outcome.value,
+                detail=result.detail,
+            )
+        if chosen is None:
+            names = ", ".join(t.endpoint for t in request.candidates)
+            return SwitchOutcome(
+                "preflight_failed", message=f"no candidate passed pre-flight ({names})"
+            )
+
+        if self.dry_run:
+            await self.call(
+                self.switches.record_dry_run,
+                group=request.group,
+                kind=request.kind,
+                from_endpoint=request.expected_active,
+                to_endpoint=chosen.endpoint,
+                reason=request.reason,
+                at=time.time(),
+            )
+            bound.info(
+                "switch_dry_run",
+                kind=request.kind,
+                from_endpoint=request.expected_active,
+                to_endpoint=chosen.endpoint,
+                reason=request.reason,
+            )
+            return SwitchOutcome("dry_run", target=chosen)
+
+        if current_url is not None:
+            # Compare-and-set against Convai itself: a human may have moved the group
+            # since the last sync. Best effort: if Convai cannot be read, the update will
+            # most likely fail too, and the belief in the database still guards.
+            try:
+                registered = await self.registered_url(request.group)
+            except ConvaiError as exc:
+                bound.warning("precheck_list_failed", error=str(exc))
+            else:
+                if registered is None or normalize_url(registered) != normalize_url(current_url):
+                    return SwitchOutcome(
+                        "drift",
+                        target=chosen,
+                        message=f"Convai's base_url changed to {registered} since the last sync",
+                    )
+
+        now = time.time()
+        intent: SwitchRecord | None = await self.call(
+            self.switches.begin_switch,
+            group=request.group,
+            kind=request.kind,
+            automatic=request.automatic,
+            expected_active=request.expected_active,
+            to_endpoint=chosen.endpoint,
+            to_base_url=chosen.base_url,
+            reason=request.reason,
+            detected_at=request.detected_at,
+            at=now,
+        )
+        if intent is None:
+            bound.warning("switch_skipped", reason="the group's endpoint changed meanwhile")
+            return SwitchOutcome("skipped", message="the group's endpoint changed meanwhile")
+        bound.info(
+            "switch_started",
+            kind=request.kind,
+            from_endpoint=request.expected_active,
+            to_endpoint=chosen.endpoint,
+            switch_id=intent.id,
+        )
+        return await self._update(request, chosen, intent)
+
+    async def _update(
+        self, request: SwitchRequest, chosen: Target, intent: SwitchRecord
+    ) -> SwitchOutcome:
+        bound = log.bind(group=request.group, switch_id=intent.id)
+        transaction_id: str | None = None
+        error = ""
+        for attempt in range(1 + READBACK_RETRIES):
+            try:
+                reply = await self.convai.update(
+                    request.group, base_url=chosen.base_url, api_key=chosen.api_key
+                )
+            except ConvaiError as exc:
+                error = str(exc)
+                break
+            transaction_id = reply.transaction_id
+            try:
+                registered = await self.registered_url(request.group)
+            except ConvaiError as exc:
+                # Convai accepted the update; only the confirmation is missing. Record the
+                # switch (a lost record is worse) and let the next sync catch any drift.
+                bound.warning("readback_failed", error=str(exc))
+                return await self._confirm(request, chosen, intent, transaction_id, "unconfirmed")
+            if registered is not None and normalize_url(registered) == normalize_url(
+                chosen.base_url
+            ):
+                return await self._confirm(request, chosen, intent, transaction_id, "confirmed")
+            error = f"read-back shows base_url {registered!s}, not {chosen.base_url}"
+            bound.warning("readback_mismatch", attempt=attempt + 1, registered=registered)
+        failed: SwitchRecord = await self.call(
+            self.switches.fail_switch,
+            intent.id,
+            error=error,
+            at=time.time(),
+            details=request.details,
+        )
+        bound.error("switch_failed", kind=request.kind, error=error)
+        return SwitchOutcome("failed", switch=failed, target=chosen, message=error)
+
+    async def _confirm(
+        self,
+        request: SwitchRequest,
+        chosen: Target,
+        intent: SwitchRecord,
+        transaction_id: str | None,
+        how: str,
+    ) -> SwitchOutcome:
+        now = time.time()
+        took = (
+            f" {now - request.detected_at:.1f}s after the first failed probe"
+            if request.detected_at
+            else ""
+        )
+        message = (
+            f"{request.kind} {request.expected_active} -> {chosen.endpoint}{took}: {request.reason}"
+            + (" (Convai read-back unavailable)" if how == "unconfirmed" else "")
+        )
+        details = dict(request.details or {})
+        details["transaction_id"] = transaction_id
+        if request.detected_at is not None:
+            details["detection_to_switch_s"] = round(now - request.detected_at, 3)
+        record: SwitchRecord = await self.call(
+            self.switches.confirm_switch,
+            intent.id,
+            transaction_id=transaction_id,
+            at=now,
+            message=message,
+            details=details,
+        )
+        log.warning(
+            f"{request.kind}_completed",
+            group=request.group,
+            from_endpoint=request.expected_active,
+            to_endpoint=chosen.endpoint,
+            transaction_id=transaction_id,
+            detection_to_switch_s=details.get("detection_to_switch_s"),
+        )
+        return SwitchOutcome("confirmed", switch=record, target=chosen, message=message)

@@ -1,0 +1,390 @@
+"""Groups, switches and the audit log: the records the failover engine and CLI share.
+
+A switch is written as an intent (after a compare-and-set on what the daemon believes the
+group is on) before Convai is called, and completed after the read-back, each step in its
+own transaction: a crash between them leaves an intent that the next start reconciles.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from monitor.redact import redact
+from monitor.store.store import Store
+from monitor.store.tables import EventRow, GroupRow, SwitchRow
+
+OPEN = "intent"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupRecord:
+    name: str
+    active_endpoint: str | None
+    registered_base_url: str | None
+    model_name: str | None
+    monitored: bool
+    state: str
+    condition: str | None
+    last_switch_at: float | None
+    operator_at: float | None
+    pinned_endpoint: str | None
+    pinned_until: float | None
+    synced_at: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchRecord:
+    id: int
+    group: str
+    kind: str
+    automatic: bool
+    from_endpoint: str | None
+    to_endpoint: str
+    to_base_url: str
+    status: str
+    reason: str
+    detected_at: float | None
+    intent_at: float
+    completed_at: float | None
+    transaction_id: str | None
+    error: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class EventRecord:
+    id: int
+    at: float
+    group: str
+    kind: str
+    message: str
+    switch_id: int | None
+    details: dict[str, Any] | None
+
+
+def _group(row: GroupRow) -> GroupRecord:
+    return GroupRecord(
+        row.name,
+        row.active_endpoint,
+        row.registered_base_url,
+        row.model_name,
+        row.monitored,
+        row.state,
+        row.condition,
+        row.last_switch_at,
+        row.operator_at,
+        row.pinned_endpoint,
+        row.pinned_until,
+        row.synced_at,
+    )
+
+
+def _switch(row: SwitchRow) -> SwitchRecord:
+    return SwitchRecord(
+        row.id,
+        row.group_name,
+        row.kind,
+        row.automatic,
+        row.from_endpoint,
+        row.to_endpoint,
+        row.to_base_url,
+        row.status,
+        row.reason,
+        row.detected_at,
+        row.intent_at,
+        row.completed_at,
+        row.transaction_id,
+        row.error,
+    )
+
+
+class SwitchLog:
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    # --- groups ------------------------------------------------------------------------
+
+    def groups(self) -> dict[str, GroupRecord]:
+        with self.store.session() as session:
+            return {r.name: _group(r) for r in session.scalars(select(GroupRow))}
+
+    def group(self, name: str) -> GroupRecord | None:
+        with self.store.session() as session:
+            row = session.get(GroupRow, name)
+            return _group(row) if row else None
+
+    def observe_registration(
+        self,
+        name: str,
+        *,
+        registered_base_url: str | None,
+        model_name: str | None,
+        monitored: bool,
+        active_endpoint: str | None,
+        at: float,
+    ) -> GroupRecord:
+        """Store what Convai's list says about a group (and which endpoint that is)."""
+        with self.store.session() as session, session.begin():
+            row = session.get(GroupRow, name)
+            if row is None:
+                row = GroupRow(name=name, state="healthy", monitored=monitored)
+                session.add(row)
+            row.registered_base_url = registered_base_url
+            row.model_name = model_name
+            row.monitored = monitored
+            row.active_endpoint = active_endpoint
+            row.synced_at = at
+            session.flush()
+            return _group(row)
+
+    def set_state(self, name: str, state: str) -> None:
+        with self.store.session() as session, session.begin():
+            row = session.get(GroupRow, name)
+            if row is not None and row.state != state:
+                row.state = state
+
+    def set_condition(self, name: str, condition: str | None) -> None:
+        with self.store.session() as session, session.begin():
+            row = session.get(GroupRow, name)
+            if row is not None:
+                row.condition = condition
+
+    def pin(self, name: str, endpoint: str, until: float, at: float) -> None:
+        with self.store.session() as session, session.begin():
+            row = self._require(session, name)
+            row.pinned_endpoint, row.pinned_until, row.operator_at = endpoint, until, at
+            self._event(session, at, name, "pinned", f"pinned to {endpoint} until {until:.0f}")
+
+    def unpin(self, name: str, at: float) -> bool:
+        with self.store.session() as session, session.begin():
+            row = self._require(session, name)
+            was = row.pinned_endpoint
+            row.pinned_endpoint, row.pinned_until, row.operator_at = None, None, at
+            if was:
+                self._event(session, at, name, "unpinned", f"unpinned from {was}")
+            return was is not None
+
+    def _require(self, session: Any, name: str) -> GroupRow:
+        row = session.get(GroupRow, name)
+        if row is None:
+            row = GroupRow(name=name, state="healthy", monitored=True)
+            session.add(row)
+        return row  # type: ignore[no-any-return]
+
+    # --- events ------------------------------------------------------------------------
+
+    def _event(
+        self,
+        session: Any,
+        at: float,
+        group: str,
+        kind: str,
+        message: str,
+        switch_id: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> EventRow:
+        row = EventRow(
+            at=at,
+            group_name=group,
+            kind=kind,
+            message=redact(message),
+            switch_id=switch_id,
+            details=redact(json.dumps(details, default=str)) if details else None,
+        )
+        session.add(row)
+        return row
+
+    def record(
+        self,
+        group: str,
+        kind: str,
+        message: str,
+        at: float,
+        *,
+        details: dict[str, Any] | None = None,
+        condition: str | None = None,
+        set_condition: bool = False,
+    ) -> int:
+        """Append an event; optionally remember it as the group's current condition."""
+        with self.store.session() as session, session.begin():
+            row = self._event(session, at, group, kind, message, details=details)
+            if set_condition:
+                group_row = session.get(GroupRow, group)
+                if group_row is not None:
+                    group_row.condition = condition
+            session.flush()
+            return row.id
+
+    def history(self, group: str | None, since: float) -> list[EventRecord]:
+        query = select(EventRow).where(EventRow.at >= since)
+        if group is not None:
+            query = query.where(EventRow.group_name == group)
+        with self.store.session() as session:
+            rows = session.scalars(query.order_by(EventRow.at, EventRow.id)).all()
+        return [
+            EventRecord(
+                r.id,
+                r.at,
+                r.group_name,
+                r.kind,
+                r.message,
+                r.switch_id,
+                json.loads(r.details) if r.details else None,
+            )
+            for r in rows
+        ]
+
+    # --- switches ----------------------------------------------------------------------
+
+    def begin_switch(
+        self,
+        *,
+        group: str,
+        kind: str,
+        automatic: bool,
+        expected_active: str | None,
+        to_endpoint: str,
+        to_base_url: str,
+        reason: str,
+        detected_at: float | None,
+        at: float,
+        status: str = OPEN,
+    ) -> SwitchRecord | None:
+        """Compare-and-set, then write the intent. None when the belief changed meanwhile.
+
+        The group must still be on `expected_active` and have no switch in flight: a manual
+        change, a second instance or a CLI switch in between is not trampled.
+        """
+        with self.store.session() as session, session.begin():
+            row = self._require(session, group)
+            if row.active_endpoint != expected_active:
+                return None
+            in_flight = session.scalar(
+                select(SwitchRow.id).where(SwitchRow.group_name == group, SwitchRow.status == OPEN)
+            )
+            if in_flight is not None:
+                return None
+            switch = SwitchRow(
+                group_name=group,
+                kind=kind,
+                automatic=automatic,
+                from_endpoint=expected_active,
+                to_endpoint=to_endpoint,
+                to_base_url=to_base_url,
+                status=status,
+                reason=redact(reason),
+                detected_at=detected_at,
+                intent_at=at,
+            )
+            session.add(switch)
+            session.flush()
+            return _switch(switch)
+
+    def confirm_switch(
+        self,
+        switch_id: int,
+        *,
+        transaction_id: str | None,
+        at: float,
+        message: str,
+        details: dict[str, Any] | None = None,
+    ) -> SwitchRecord:
+        with self.store.session() as session, session.begin():
+            switch = session.get_one(SwitchRow, switch_id)
+            switch.status = "confirmed"
+            switch.completed_at = at
+            switch.transaction_id = transaction_id
+            row = self._require(session, switch.group_name)
+            row.active_endpoint = switch.to_endpoint
+            row.registered_base_url = switch.to_base_url
+            row.last_switch_at = at
+            row.condition = None
+            if not switch.automatic:
+                row.operator_at = at
+            self._event(session, at, switch.group_name, switch.kind, message, switch.id, details)
+            return _switch(switch)
+
+    def fail_switch(
+        self,
+        switch_id: int,
+        *,
+        error: str,
+        at: float,
+        details: dict[str, Any] | None = None,
+    ) -> SwitchRecord:
+        with self.store.session() as session, session.begin():
+            switch = session.get_one(SwitchRow, switch_id)
+            switch.status = "failed"
+            switch.completed_at = at
+            switch.error = redact(error)
+            message = (
+                f"{switch.kind} {switch.from_endpoint} -> {switch.to_endpoint} failed: {error}"
+            )
+            self._event(
+                session, at, switch.group_name, "failover_failed", message, switch.id, details
+            )
+            return _switch(switch)
+
+    def abandon_switch(self, switch_id: int, *, note: str, at: float) -> None:
+        """An intent whose update never landed (found at start-up): close it, no switch."""
+        with self.store.session() as session, session.begin():
+            switch = session.get_one(SwitchRow, switch_id)
+            switch.status = "abandoned"
+            switch.completed_at = at
+            switch.error = note
+            self._event(session, at, switch.group_name, "switch_abandoned", note, switch.id)
+
+    def record_dry_run(
+        self,
+        *,
+        group: str,
+        kind: str,
+        from_endpoint: str | None,
+        to_endpoint: str,
+        reason: str,
+        at: float,
+    ) -> None:
+        with self.store.session() as session, session.begin():
+            message = f"would {kind} {from_endpoint} -> {to_endpoint} because {reason}"
+            self._event(session, at, group, "dry_run", message)
+            row = session.get(GroupRow, group)
+            if row is not None:
+                row.condition = f"dry_run:{to_endpoint}"
+
+    def open_intents(self) -> list[SwitchRecord]:
+        with self.store.session() as session:
+            rows = session.scalars(select(SwitchRow).where(SwitchRow.status == OPEN)).all()
+            return [_switch(r) for r in rows]
+
+    def switch_times(self, group: str, since: float) -> tuple[float, ...]:
+        """When automatic switches of this group were confirmed, since `since`."""
+        with self.store.session() as session:
+            rows = session.scalars(
+                select(SwitchRow.completed_at).where(
+                    SwitchRow.group_name == group,
+                    SwitchRow.automatic.is_(True),
+                    SwitchRow.status == "confirmed",
+                    SwitchRow.completed_at >= since,
+                )
+            ).all()
+        return tuple(t for t in rows if t is not None)
+
+    def last_switch(self, group: str) -> SwitchRecord | None:
+        with self.store.session() as session:
+            row = session.scalars(
+                select(SwitchRow)
+                .where(SwitchRow.group_name == group, SwitchRow.status == "confirmed")
+                .order_by(SwitchRow.completed_at.desc())
+                .limit(1)
+            ).first()
+            return _switch(row) if row else None
+
+    def switches(self, group: str) -> list[SwitchRecord]:
+        with self.store.session() as session:
+            rows = session.scalars(
+                select(SwitchRow).where(SwitchRow.group_name == group).order_by(SwitchRow.id)
+            ).all()
+            return [_switch(r) for r in rows]

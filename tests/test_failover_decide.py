@@ -1,0 +1,207 @@
+"""Table-driven tests of the pure failover decision."""
+
+from __future__ import annotations
+
+import pytest
+
+from monitor.domain.failover import (
+    Action,
+    EndpointView,
+    GroupState,
+    GroupView,
+    Rules,
+    decide,
+    failback_hold,
+    group_state,
+)
+from monitor.domain.health import Health
+
+U, D, K = Health.UP, Health.DOWN, Health.UNKNOWN
+NOW = 10_000.0
+LONG_AGO = NOW - 3 * 3600
+
+
+def view(
+    healths: str,
+    active: str | None = "a",
+    *,
+    up_since: float = LONG_AGO,
+    **kwargs: object,
+) -> GroupView:
+    """`healths` is one letter per endpoint a, b, c...: U up, D down, K unknown."""
+    letters = {"U": U, "D": D, "K": K}
+    endpoints = tuple(
+        EndpointView(
+            name=chr(ord("a") + i),
+            health=letters[h],
+            up_since=up_since if letters[h] is U else None,
+        )
+        for i, h in enumerate(healths)
+    )
+    return GroupView(name="g", endpoints=endpoints, active=active, **kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("group", "action", "candidates"),
+    [
+        # primary healthy, nothing to do
+        (view("UUU"), Action.STAY, ()),
+        (view("UDD"), Action.STAY, ()),
+        (view("KUU"), Action.STAY, ()),  # not judged yet: never act on unknown
+        # primary down -> first healthy fallback, in priority order
+        (view("DUU"), Action.FAILOVER, ("b", "c")),
+        (view("DDU"), Action.FAILOVER, ("c",)),  # broken first fallback skipped
+        (view("DKU"), Action.FAILOVER, ("c",)),  # unknown is not healthy
+        (view("DDD"), Action.ALL_DOWN, ()),
+        (view("DKK"), Action.ALL_DOWN, ()),
+        # the active fallback dies: go anywhere healthy, the primary included
+        (view("UDU", active="b"), Action.FAILOVER, ("a", "c")),
+        # isolation guard beats everything when the active is down
+        (view("DUU", isolated=True), Action.ISOLATED, ()),
+        # Convai points at something we do not know: hands off
+        (view("DUU", active=None), Action.STAY, ()),
+        (view("DUU", active="zz"), Action.STAY, ()),
+        # pinned: no automatic switch
+        (view("DUU", pinned_to="a", pinned_until=NOW + 60), Action.PINNED, ("b", "c")),
+        (view("DUU", pinned_to="a", pinned_until=NOW - 1), Action.FAILOVER, ("b", "c")),
+        # flapping: four automatic switches within the hour freeze the group
+        (
+            view("DUU", switch_times=(NOW - 3000, NOW - 2000, NOW - 1000, NOW - 500)),
+            Action.FLAPPING,
+            ("b", "c"),
+        ),
+        # ... unless they are older than an hour
+        (
+            view("DUU", switch_times=(NOW - 5000, NOW - 4000, NOW - 1000, NOW - 500)),
+            Action.FAILOVER,
+            ("b", "c"),
+        ),
+        # ... or an operator acted since
+        (
+            view(
+                "DUU",
+                switch_times=(NOW - 3000, NOW - 2000, NOW - 1000, NOW - 500),
+                operator_at=NOW - 100,
+            ),
+            Action.FAILOVER,
+            ("b", "c"),
+        ),
+    ],
+)
+def test_failover(group: GroupView, action: Action, candidates: tuple[str, ...]) -> None:
+    decision = decide(group, NOW)
+    assert decision.action is action, decision.reason
+    assert decision.candidates == candidates
+
+
+RULES = Rules(failback="auto", failback_after=300, min_dwell=120, max_switches_per_hour=4)
+
+
+@pytest.mark.parametrize(
+    ("group", "action"),
+    [
+        # primary up long enough, dwell passed -> failback
+        (view("UU", active="b", rules=RULES, last_switch_at=NOW - 600), Action.FAILBACK),
+        # primary up, but not for failback_after yet
+        (view("UU", active="b", rules=RULES, up_since=NOW - 100), Action.STAY),
+        # min_dwell since the last switch not yet passed
+        (view("UU", active="b", rules=RULES, last_switch_at=NOW - 60), Action.STAY),
+        # primary still down
+        (view("DU", active="b", rules=RULES), Action.STAY),
+        # manual failback: say the primary is back, never switch
+        (
+            view("UU", active="b", rules=Rules(failback="manual"), last_switch_at=NOW - 600),
+            Action.PRIMARY_RECOVERED,
+        ),
+        # pinned to the fallback
+        (
+            view("UU", active="b", rules=RULES, pinned_to="b", pinned_until=NOW + 5),
+            Action.PINNED,
+        ),
+        # repeat switches double the hold: 2 switches in the hour -> 600 s needed
+        (
+            view(
+                "UU",
+                active="b",
+                rules=RULES,
+                up_since=NOW - 400,
+                switch_times=(NOW - 2000, NOW - 1000),
+                last_switch_at=NOW - 1000,
+            ),
+            Action.STAY,
+        ),
+        (
+            view(
+                "UU",
+                active="b",
+                rules=RULES,
+                up_since=NOW - 700,
+                switch_times=(NOW - 2000, NOW - 1000),
+                last_switch_at=NOW - 1000,
+            ),
+            Action.FAILBACK,
+        ),
+        # frozen by flapping: no failback either
+        (
+            view(
+                "UU",
+                active="b",
+                rules=RULES,
+                up_since=NOW - 50_000,
+                switch_times=(NOW - 3000, NOW - 2000, NOW - 1500, NOW - 1000),
+                last_switch_at=NOW - 1000,
+            ),
+            Action.FLAPPING,
+        ),
+    ],
+)
+def test_failback(group: GroupView, action: Action) -> None:
+    decision = decide(group, NOW)
+    assert decision.action is action, decision.reason
+    if action is Action.FAILBACK:
+        assert decision.candidates == ("a",)
+
+
+def test_failback_goes_to_the_best_ready_endpoint() -> None:
+    group = view("UUU", active="c", rules=RULES, last_switch_at=NOW - 1000)
+    assert decide(group, NOW).candidates == ("a",)
+    primary_young = GroupView(
+        name="g",
+        endpoints=(
+            EndpointView("a", U, NOW - 10),
+            EndpointView("b", U, LONG_AGO),
+            EndpointView("c", U, LONG_AGO),
+        ),
+        active="c",
+        rules=RULES,
+        last_switch_at=NOW - 1000,
+    )
+    assert decide(primary_young, NOW).candidates == ("b",)
+
+
+def test_hold_doubles_per_repeat() -> None:
+    times: tuple[float, ...] = ()
+    holds = []
+    for n in range(4):
+        holds.append(failback_hold(view("UU", rules=RULES, switch_times=times), NOW))
+        times = (*times, NOW - 10 - n)
+    assert holds == [300, 300, 600, 1200]
+
+
+@pytest.mark.parametrize(
+    ("group", "state"),
+    [
+        (view("UU"), GroupState.HEALTHY),
+        (view("DU"), GroupState.DEGRADED),
+        (view("DU", active="b"), GroupState.FAILED_OVER),
+        (view("DD"), GroupState.ALL_DOWN),
+        (view("UU", pinned_to="a", pinned_until=NOW + 1), GroupState.PINNED),
+        (view("UU", active=None), GroupState.DEGRADED),
+        (
+            view("DU", switch_times=(NOW - 1, NOW - 2, NOW - 3, NOW - 4)),
+            GroupState.FLAPPING,
+        ),
+    ],
+)
+def test_group_state(group: GroupView, state: GroupState) -> None:
+    assert group_state(group, decide(group, NOW), NOW) is state
