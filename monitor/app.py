@@ -14,9 +14,11 @@ from monitor.config import Config, ConfigError, Target, build_targets
 from monitor.convai import ConvaiClient
 from monitor.domain.outcome import ProbeResult
 from monitor.probes import ChatProber
+from monitor.runtime.failover import Engine
 from monitor.runtime.monitor import Monitor
 from monitor.runtime.recorder import Recorder
 from monitor.store import Store
+from monitor.store.switching import SwitchLog
 
 log = structlog.get_logger()
 
@@ -24,6 +26,11 @@ log = structlog.get_logger()
 MAINTENANCE_INTERVAL = 300.0
 # SIGTERM must end the process within a few seconds even with probes hanging.
 DRAIN_TIMEOUT = 3.0
+# A switch in flight gets longer to finish than a probe: half a switch is worse.
+SWITCH_DRAIN_TIMEOUT = 6.0
+# Groups are re-evaluated this often (failback timers, pin expiry, retries), besides
+# immediately on every health transition.
+DECIDE_INTERVAL = 1.0
 
 
 def convai_client(config: Config) -> ConvaiClient:
@@ -84,11 +91,16 @@ def open_store(config: Config, migrate: bool = True) -> Store:
 class Daemon:
     """`convai-monitor run`: probes on a schedule until told to stop."""
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(
+        self, config: Config, store: Store, *, dry_run: bool = False, register: bool = False
+    ) -> None:
         self.config = config
         self.store = store
+        self.dry_run = dry_run or config.dry_run
+        self.register = register
         self.stopping = asyncio.Event()
         self.monitor: Monitor | None = None
+        self.engine: Engine | None = None
         self.ready = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -113,13 +125,43 @@ class Daemon:
             monitor = Monitor(scheduler, prober, recorder, ids, states)
             self.monitor = monitor
             recorder.start()
+            monitor.targets.update({(t.group, t.endpoint): t for t in targets})
+            engine = Engine(
+                config,
+                monitor,
+                convai,
+                SwitchLog(store),
+                dry_run=self.dry_run,
+                register=self.register,
+            )
+            self.engine = engine
+            # Reconcile interrupted switches and learn where groups point before probing.
+            await engine.start()
             monitor.add_targets(targets)
+            decide_every = min(DECIDE_INTERVAL, *(g.policy.fast_interval for g in config.groups))
+            scheduler.add_job(
+                engine.tick,
+                "interval",
+                seconds=decide_every,
+                id="decide",
+                misfire_grace_time=None,
+                coalesce=True,
+                max_instances=1,
+            )
+            scheduler.add_job(
+                engine.sync,
+                "interval",
+                seconds=config.convai.sync_interval,
+                id="sync",
+                misfire_grace_time=None,
+                coalesce=True,
+                max_instances=1,
+            )
             scheduler.add_job(
                 self._maintain,
                 "interval",
                 seconds=MAINTENANCE_INTERVAL,
                 id="maintenance",
-                next_run_time=None,
                 misfire_grace_time=None,
                 coalesce=True,
                 max_instances=1,
@@ -130,6 +172,7 @@ class Daemon:
                 groups=len(config.groups),
                 endpoints=len(targets),
                 database=store.path or "external",
+                dry_run=self.dry_run,
             )
             await self._maintain()
             self.ready.set()
@@ -138,6 +181,8 @@ class Daemon:
         finally:
             if scheduler.running:
                 scheduler.shutdown(wait=False)
+            if self.engine is not None:
+                await self.engine.drain(SWITCH_DRAIN_TIMEOUT)
             if self.monitor is not None:
                 await self.monitor.drain(DRAIN_TIMEOUT)
             await recorder.close()

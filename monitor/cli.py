@@ -147,7 +147,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     setup_logging(args.log_level)
     store = open_store(config, migrate=True)
     try:
-        asyncio.run(Daemon(config, store).run())
+        asyncio.run(Daemon(config, store, dry_run=args.dry_run, register=args.register).run())
     finally:
         store.close()
     return EXIT_OK
@@ -177,6 +177,16 @@ def build_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run the daemon")
     _add_config(run)
     run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="decide and record 'would switch' without calling Convai's update",
+    )
+    run.add_argument(
+        "--register",
+        action="store_true",
+        help="register configured groups Convai does not know (on their primary endpoint)",
+    )
     run.set_defaults(func=cmd_run)
 
     chk = commands.add_parser("check", help="probe every endpoint once and print the results")
@@ -216,6 +226,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
     from monitor.convai import ConvaiError
+    from monitor.runtime.failover import StartupError
 
     try:
         return func(args)
@@ -224,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"convai-monitor: config error: {where}{redact(problem)}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsageError, StoreError) as exc:
+    except (UsageError, StoreError, StartupError) as exc:
         return _fail(str(exc))
     except ConvaiError as exc:
         return _fail(str(exc), EXIT_UNHEALTHY)

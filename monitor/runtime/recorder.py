@@ -8,6 +8,7 @@ be ordered with those writes (switch records, pruning) goes through `call` on th
 from __future__ import annotations
 
 import asyncio
+import functools
 import contextlib
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -38,9 +39,10 @@ class Recorder:
         self._results.append((endpoint_id, result))
         self._states[endpoint_id] = state
 
-    async def call(self, fn: Callable[..., T], *args: object) -> T:
+    async def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Run a store function on the writer thread, after what is already queued."""
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        job = functools.partial(fn, *args, **kwargs)
+        return await asyncio.get_running_loop().run_in_executor(self._executor, job)
 
     async def flush(self) -> None:
         results, states = self._results, self._states

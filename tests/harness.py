@@ -1,0 +1,101 @@
+"""A small world for end-to-end tests: endpoints, a Convai API, a config, a daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from monitor.app import Daemon, open_store
+from monitor.config import Config, load_config
+from monitor.sim.convai import ConvaiSim
+from monitor.sim.openai import EndpointSim
+from monitor.store.switching import SwitchLog
+from tests.conftest import MODEL, config_dict, write_config
+
+GROUP = "my-turbo"
+
+
+async def wait_for(
+    condition: Callable[[], bool], timeout: float = 8.0, what: str = "condition"
+) -> float:
+    """Poll until `condition()`; return the seconds it took. Fails the test on timeout."""
+    started = time.monotonic()
+    while not condition():
+        if time.monotonic() - started > timeout:
+            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        await asyncio.sleep(0.02)
+    return time.monotonic() - started
+
+
+@dataclass
+class World:
+    tmp_path: Path
+    convai: ConvaiSim
+    sims: dict[str, EndpointSim]
+    keys: dict[str, str]
+    policy: dict[str, Any] = field(default_factory=dict)
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def config_path(self, **policy: Any) -> Path:
+        group = {
+            "model_group_name": GROUP,
+            "model_name": MODEL,
+            "endpoints": [
+                {"name": n, "base_url": s.base_url, "api_key": self.keys[n]} for n, s in self.sims.items()
+            ],
+        }
+        data = config_dict(self.tmp_path, [group], self.convai.base_url, **{**self.policy, **policy})
+        data.update(self.extra)
+        return write_config(self.tmp_path, data)
+
+    def config(self, **policy: Any) -> Config:
+        return load_config(self.config_path(**policy))
+
+    def registered(self) -> dict[str, Any]:
+        record = self.convai.record(GROUP)
+        assert record is not None
+        return record
+
+    def updates(self) -> int:
+        return len([c for c in self.convai.calls_of("update") if c.status == 200])
+
+    def events(self, config: Config) -> list[str]:
+        store = open_store(config, migrate=False)
+        try:
+            return [e.kind for e in SwitchLog(store).history(None, 0)]
+        finally:
+            store.close()
+
+
+def make_world(
+    tmp_path: Path, convai: ConvaiSim, endpoints: Callable[..., EndpointSim], names: tuple[str, ...] = ("a", "b", "c")
+) -> World:
+    keys = {n: f"sk-canary-{n}-{'x' * 24}" for n in names}
+    sims = {n: endpoints(api_key=keys[n]) for n in names}
+    first = names[0]
+    convai.seed(GROUP, MODEL, keys[first], base_url=sims[first].base_url)
+    return World(tmp_path, convai, sims, keys)
+
+
+@asynccontextmanager
+async def running(config: Config, **kwargs: Any) -> AsyncIterator[Daemon]:
+    store = open_store(config)
+    daemon = Daemon(config, store, **kwargs)
+    task = asyncio.create_task(daemon.run())
+    try:
+        ready = asyncio.create_task(daemon.ready.wait())
+        done, _ = await asyncio.wait({task, ready}, timeout=10, return_when=asyncio.FIRST_COMPLETED)
+        if task in done:
+            ready.cancel()
+            task.result()  # raises what stopped it
+        assert ready in done, "daemon did not become ready"
+        yield daemon
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, timeout=15)
+        store.close()
