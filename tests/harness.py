@@ -46,10 +46,13 @@ class World:
             "model_group_name": GROUP,
             "model_name": MODEL,
             "endpoints": [
-                {"name": n, "base_url": s.base_url, "api_key": self.keys[n]} for n, s in self.sims.items()
+                {"name": n, "base_url": s.base_url, "api_key": self.keys[n]}
+                for n, s in self.sims.items()
             ],
         }
-        data = config_dict(self.tmp_path, [group], self.convai.base_url, **{**self.policy, **policy})
+        data = config_dict(
+            self.tmp_path, [group], self.convai.base_url, **{**self.policy, **policy}
+        )
         data.update(self.extra)
         return write_config(self.tmp_path, data)
 
@@ -73,7 +76,10 @@ class World:
 
 
 def make_world(
-    tmp_path: Path, convai: ConvaiSim, endpoints: Callable[..., EndpointSim], names: tuple[str, ...] = ("a", "b", "c")
+    tmp_path: Path,
+    convai: ConvaiSim,
+    endpoints: Callable[..., EndpointSim],
+    names: tuple[str, ...] = ("a", "b", "c"),
 ) -> World:
     keys = {n: f"sk-canary-{n}-{'x' * 24}" for n in names}
     sims = {n: endpoints(api_key=keys[n]) for n in names}

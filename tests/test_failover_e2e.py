@@ -26,10 +26,14 @@ async def test_primary_dies_group_moves_to_first_healthy_fallback(world: World) 
     config = world.config()
     async with running(config) as daemon:
         assert daemon.monitor is not None
-        await wait_for(lambda: all(s.requests >= 2 for s in world.sims.values()), what="first probes")
+        await wait_for(
+            lambda: all(s.requests >= 2 for s in world.sims.values()), what="first probes"
+        )
         world.sims["a"].set(Behaviour.REFUSE)
         died = time.monotonic()
-        await wait_for(lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover")
+        await wait_for(
+            lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover"
+        )
         took = time.monotonic() - died
         record = world.registered()
         assert record["api_key"] == world.keys["b"]
@@ -45,7 +49,9 @@ async def test_broken_first_fallback_is_skipped(world: World) -> None:
     async with running(config):
         await wait_for(lambda: world.sims["b"].requests >= 3, what="b judged")
         world.sims["a"].set(Behaviour.HTTP_500)
-        await wait_for(lambda: world.registered()["base_url"] == world.sims["c"].base_url, what="failover to c")
+        await wait_for(
+            lambda: world.registered()["base_url"] == world.sims["c"].base_url, what="failover to c"
+        )
         assert world.registered()["api_key"] == world.keys["c"]
         assert world.updates() == 1
 
@@ -61,3 +67,133 @@ async def test_blips_never_switch(world: World) -> None:
             await wait_for(lambda s=seen: world.sims["a"].requests >= s + 3, what="blip probed")  # type: ignore[misc]
     assert world.updates() == 0
     assert world.registered()["base_url"] == world.sims["a"].base_url
+
+
+async def test_all_down_waits_then_switches_when_one_recovers(world: World) -> None:
+    config = world.config()
+    async with running(config) as daemon:
+        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        for name in ("b", "c"):
+            world.sims[name].set(Behaviour.HTTP_503)
+        await wait_for(lambda: world.sims["b"].requests >= 6, what="fallbacks judged down")
+        world.sims["a"].set(Behaviour.REFUSE)
+        assert daemon.monitor is not None
+        await wait_for(lambda: "my-turbo" in daemon.monitor.urgent, what="all_down")  # type: ignore[union-attr]
+        assert world.updates() == 0
+        world.sims["c"].set(Behaviour.OK)
+        await wait_for(
+            lambda: world.registered()["base_url"] == world.sims["c"].base_url, what="switch to c"
+        )
+        assert world.updates() == 1
+    kinds = world.events(config)
+    assert kinds.index("all_down") < kinds.index("failover")
+
+
+async def test_update_fails_twice_then_succeeds(world: World) -> None:
+    world.convai.fail_next("update", 500, times=2, message="Database error")
+    config = world.config()
+    async with running(config):
+        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        world.sims["a"].set(Behaviour.REFUSE)
+        await wait_for(
+            lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover"
+        )
+    calls = world.convai.calls_of("update")
+    assert [c.status for c in calls] == [500, 500, 200]
+    assert world.updates() == 1
+
+
+async def test_convai_unreachable_records_failed_switch_and_retries(world: World) -> None:
+    config = world.config()
+    async with running(config) as daemon:
+        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        world.convai.refuse()
+        world.sims["a"].set(Behaviour.REFUSE)
+        await wait_for(
+            lambda: "failover_failed" in world.events(config), timeout=10, what="failed switch"
+        )
+        assert daemon.engine is not None
+        world.convai.restore()
+        await wait_for(
+            lambda: world.registered()["base_url"] == world.sims["b"].base_url,
+            timeout=10,
+            what="retry",
+        )
+    kinds = world.events(config)
+    assert kinds.count("failover") == 1
+
+
+async def test_auto_failback_only_after_the_delay(world: World) -> None:
+    world.policy.update({"failback_after": 1.5, "min_dwell": 0.2})
+    config = world.config()
+    async with running(config):
+        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        world.sims["a"].set(Behaviour.REFUSE)
+        await wait_for(
+            lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover"
+        )
+        world.sims["a"].set(Behaviour.OK)
+        recovered = time.monotonic()
+        await wait_for(
+            lambda: world.registered()["base_url"] == world.sims["a"].base_url, what="failback"
+        )
+        # rise (2 probes) + failback_after (1.5 s) at the least
+        assert time.monotonic() - recovered >= 1.5
+        assert world.registered()["api_key"] == world.keys["a"]
+    kinds = world.events(config)
+    assert kinds.count("failover") == 1
+    assert kinds.count("failback") == 1
+
+
+async def test_manual_failback_waits_for_an_operator(world: World) -> None:
+    world.policy.update({"failback": "manual", "failback_after": 0.3, "min_dwell": 0.1})
+    config = world.config()
+    async with running(config):
+        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        world.sims["a"].set(Behaviour.REFUSE)
+        await wait_for(
+            lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover"
+        )
+        world.sims["a"].set(Behaviour.OK)
+        await wait_for(lambda: "primary_recovered" in world.events(config), what="recovery noticed")
+        seen = world.sims["a"].requests
+        await wait_for(lambda: world.sims["a"].requests >= seen + 5, what="more probes")
+        assert world.registered()["base_url"] == world.sims["b"].base_url
+    kinds = world.events(config)
+    assert kinds.count("primary_recovered") == 1  # said once, not on every evaluation
+    assert "failback" not in kinds
+
+
+async def test_flapping_freezes_the_group(world: World) -> None:
+    world.policy.update({"max_switches_per_hour": 2, "failback_after": 0.2, "min_dwell": 0.1})
+    config = world.config()
+    a = world.sims["a"]
+    async with running(config):
+        await wait_for(lambda: a.requests >= 2, what="first probes")
+        a.set(Behaviour.REFUSE)
+        await wait_for(
+            lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover 1"
+        )
+        a.set(Behaviour.OK)
+        await wait_for(lambda: world.registered()["base_url"] == a.base_url, what="failback 1")
+        a.set(Behaviour.REFUSE)
+        await wait_for(lambda: "flapping" in world.events(config), what="flapping")
+        assert world.registered()["base_url"] == a.base_url  # frozen on the dead primary
+    kinds = world.events(config)
+    assert kinds.count("failover") == 1
+    assert kinds.count("failback") == 1
+    assert world.updates() == 2
+
+
+async def test_dry_run_changes_nothing_in_convai(world: World) -> None:
+    config = world.config()
+    async with running(config, dry_run=True):
+        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        world.sims["a"].set(Behaviour.REFUSE)
+        await wait_for(lambda: "dry_run" in world.events(config), what="would switch")
+        seen = world.sims["b"].requests
+        await wait_for(lambda: world.sims["b"].requests >= seen + 4, what="more probes")
+    assert world.updates() == 0
+    assert world.convai.calls_of("update") == []
+    assert world.registered()["base_url"] == world.sims["a"].base_url
+    assert world.events(config).count("dry_run") == 1

@@ -30,7 +30,7 @@ from monitor.domain.failover import (
 from monitor.domain.health import Health, HealthState, Transition
 from monitor.domain.outcome import Outcome, ProbeResult, Verdict
 from monitor.runtime.monitor import Monitor
-from monitor.runtime.switcher import SwitchOutcome, SwitchRequest, Switcher
+from monitor.runtime.switcher import Switcher, SwitchOutcome, SwitchRequest
 from monitor.store.switching import GroupRecord, SwitchLog
 
 log = structlog.get_logger()
@@ -153,7 +153,9 @@ class Engine:
                         "confirmed at start-up: the update had landed before the restart"
                     ),
                 )
-                log.warning("switch_reconciled", group=intent.group, switch_id=intent.id, landed=True)
+                log.warning(
+                    "switch_reconciled", group=intent.group, switch_id=intent.id, landed=True
+                )
             else:
                 await self.call(
                     self.switches.abandon_switch,
@@ -164,7 +166,9 @@ class Engine:
                     ),
                     at=now,
                 )
-                log.warning("switch_reconciled", group=intent.group, switch_id=intent.id, landed=False)
+                log.warning(
+                    "switch_reconciled", group=intent.group, switch_id=intent.id, landed=False
+                )
         self._reconciled = True
 
     # --- sync with Convai (drift) ----------------------------------------------------
@@ -199,7 +203,9 @@ class Engine:
         for name, group in configured.items():
             model = listing.get(name)
             if model is None:
-                await self._condition(name, "not_registered", "Convai no longer lists this group", now)
+                await self._condition(
+                    name, "not_registered", "Convai no longer lists this group", now
+                )
                 continue
             async with self._lock(name):
                 await self._observe(group, model.base_url, model.model_name, known.get(name), now)
@@ -225,7 +231,11 @@ class Engine:
                     "drift",
                     f"Convai's base_url changed to {registered} ({where}) without this daemon",
                     now,
-                    details={"from": before.active_endpoint, "to": endpoint, "base_url": registered},
+                    details={
+                        "from": before.active_endpoint,
+                        "to": endpoint,
+                        "base_url": registered,
+                    },
                 )
                 log.warning("drift", group=name, to_endpoint=endpoint, base_url=registered)
         elif endpoint is None:
@@ -394,12 +404,19 @@ class Engine:
         now: float,
     ) -> None:
         name = group.model_group_name
+        dry_noted = (record.condition or "").startswith("dry_run")
         if decision.switches:
+            if self.switcher.dry_run and dry_noted:
+                return  # "would switch" is said once per episode, not every second
             await self._switch(group, record, decision)
             return
+        if dry_noted:
+            await self.call(self.switches.set_condition, name, None)
         if decision.action is Action.STAY:
             if record.condition in _TROUBLE:
-                await self._condition(name, "recovered", f"recovered: {decision.reason}", now, clear=True)
+                await self._condition(
+                    name, "recovered", f"recovered: {decision.reason}", now, clear=True
+                )
             return
         await self._condition(name, decision.action.value, decision.reason, now)
 
@@ -433,7 +450,9 @@ class Engine:
         active = record.active_endpoint
         kind = decision.action.value
         candidates = tuple(
-            self.monitor.targets[(name, n)] for n in decision.candidates if (name, n) in self.monitor.targets
+            self.monitor.targets[(name, n)]
+            for n in decision.candidates
+            if (name, n) in self.monitor.targets
         )
         evidence = self._evidence.get((name, active or ""), _Evidence())
         details: dict[str, Any] = {

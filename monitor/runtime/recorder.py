@@ -8,8 +8,8 @@ be ordered with those writes (switch records, pruning) goes through `call` on th
 from __future__ import annotations
 
 import asyncio
-import functools
 import contextlib
+import functools
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar

@@ -1,0 +1,108 @@
+"""kill -9 between intent and confirmation: the next start reconciles, nothing doubles."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from monitor.app import open_store
+from monitor.config import Config
+from monitor.sim.convai import ConvaiSim
+from monitor.sim.openai import Behaviour, EndpointSim
+from monitor.store.switching import SwitchLog
+from tests.conftest import CONVAI_KEY
+from tests.harness import GROUP, World, make_world
+
+Factory = Callable[..., EndpointSim]
+
+
+def poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        time.sleep(0.05)
+
+
+@contextmanager
+def daemon(config_path: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
+    with log.open("ab") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "monitor", "run", "-c", str(config_path)],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+        )
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        proc.wait(timeout=10)
+
+
+def switches(config: Config) -> list[tuple[str, str]]:
+    store = open_store(config, migrate=False)
+    try:
+        return [(s.status, s.to_endpoint) for s in SwitchLog(store).switches(GROUP)]
+    except OperationalError:  # the daemon has not created the tables yet
+        return []
+    finally:
+        store.close()
+
+
+@pytest.fixture
+def world(tmp_path: Path, convai: ConvaiSim, endpoints: Factory) -> World:
+    return make_world(tmp_path, convai, endpoints, names=("a", "b"))
+
+
+@pytest.mark.parametrize("landed", [False, True])
+def test_kill_9_between_intent_and_confirmation(world: World, landed: bool) -> None:
+    path = world.config_path()
+    config = world.config()
+    log = world.tmp_path / "daemon.log"
+    world.convai.hang_next("update")  # the first update is held: no answer, nothing applied
+    world.sims["a"].set(Behaviour.REFUSE)
+    with daemon(path, log) as proc:
+        poll(lambda: ("intent", "b") in switches(config), 15, "intent")
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=5)
+    assert world.registered()["base_url"] == world.sims["a"].base_url
+    if landed:
+        # The update reached Convai but the answer was lost with the process.
+        response = httpx.post(
+            f"{world.convai.base_url}/llm-models/update",
+            headers={"CONVAI-API-KEY": CONVAI_KEY},
+            json={
+                "model_group_name": GROUP,
+                "base_url": world.sims["b"].base_url,
+                "api_key": world.keys["b"],
+            },
+            timeout=5,
+        )
+        assert response.status_code == 200
+    updates_before = len([c for c in world.convai.calls_of("update") if c.status == 200])
+    with daemon(path, log) as proc:
+        poll(lambda: any(s == "confirmed" for s, _ in switches(config)), 15, "confirmed switch")
+        time.sleep(1.0)  # a double switch would show up within a few ticks
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+    statuses = switches(config)
+    assert statuses[0] == ("confirmed" if landed else "abandoned", "b")
+    assert [s for s in statuses if s[0] == "confirmed"] == [("confirmed", "b")]
+    assert world.registered()["base_url"] == world.sims["b"].base_url
+    new_updates = (
+        len([c for c in world.convai.calls_of("update") if c.status == 200]) - updates_before
+    )
+    assert new_updates == (0 if landed else 1)
+    assert "Traceback" not in log.read_text()
