@@ -21,13 +21,13 @@ GROUP = "my-turbo"
 
 
 async def wait_for(
-    condition: Callable[[], bool], timeout: float = 8.0, what: str = "condition"
+    condition: Callable[[], bool], limit: float = 8.0, what: str = "condition"
 ) -> float:
     """Poll until `condition()`; return the seconds it took. Fails the test on timeout."""
     started = time.monotonic()
     while not condition():
-        if time.monotonic() - started > timeout:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+        if time.monotonic() - started > limit:
+            raise AssertionError(f"timed out after {limit}s waiting for {what}")
         await asyncio.sleep(0.02)
     return time.monotonic() - started
 

@@ -110,13 +110,13 @@ async def test_convai_unreachable_records_failed_switch_and_retries(world: World
         world.convai.refuse()
         world.sims["a"].set(Behaviour.REFUSE)
         await wait_for(
-            lambda: "failover_failed" in world.events(config), timeout=10, what="failed switch"
+            lambda: "failover_failed" in world.events(config), limit=10, what="failed switch"
         )
         assert daemon.engine is not None
         world.convai.restore()
         await wait_for(
             lambda: world.registered()["base_url"] == world.sims["b"].base_url,
-            timeout=10,
+            limit=10,
             what="retry",
         )
     kinds = world.events(config)

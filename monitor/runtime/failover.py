@@ -201,14 +201,16 @@ class Engine:
                     at=now,
                 )
         for name, group in configured.items():
-            model = listing.get(name)
-            if model is None:
+            registered = listing.get(name)
+            if registered is None:
                 await self._condition(
                     name, "not_registered", "Convai no longer lists this group", now
                 )
                 continue
             async with self._lock(name):
-                await self._observe(group, model.base_url, model.model_name, known.get(name), now)
+                await self._observe(
+                    group, registered.base_url, registered.model_name, known.get(name), now
+                )
 
     async def _observe(
         self,
