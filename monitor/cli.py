@@ -130,6 +130,12 @@ def cmd_status(args: argparse.Namespace) -> int:
                     fmt_ms(endpoint["latency_ms"]["p95"]),
                 )
             )
+    for group in report["groups"]:
+        last = group["last_switch"]
+        switched = f", last switch {last['from']} -> {last['to']} at {last['at']}" if last else ""
+        state = group["state"] or "not seen by the daemon yet"
+        _out(f"{group['model_group_name']}: {state}{switched}")
+    _out()
     _out(
         table(
             ["GROUP", "ENDPOINT", "HEALTH", "LAST", "AT", "UP 1H", "UP 24H", "P50 1H", "P95 1H"],
@@ -137,6 +143,231 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     )
     _out("(* = active endpoint)")
+    for group in report["unmonitored"]:
+        _out(f"unmonitored: {group['model_group_name']} ({group['base_url']}) is not in the config")
+    return EXIT_OK
+
+
+def _convai(config: Config) -> Any:
+    from monitor.app import convai_client
+
+    return convai_client(config)
+
+
+def _run_async(coro: Any) -> Any:
+    return asyncio.run(coro)
+
+
+def cmd_failover(args: argparse.Namespace) -> int:
+    from monitor.app import open_store
+    from monitor.ops import manual_failover
+
+    config = _config(args)
+    store = open_store(config)
+
+    async def go() -> Any:
+        async with _convai(config) as convai:
+            return await manual_failover(
+                config, store, convai, args.group, args.to, force=args.force
+            )
+
+    try:
+        result = _run_async(go())
+    finally:
+        store.close()
+    if result.outcome is None:
+        _out(result.message)
+        return EXIT_OK
+    if result.outcome.status == "confirmed":
+        switch = result.outcome.switch
+        tid = switch.transaction_id if switch else None
+        _out(f"switched {args.group}: {result.from_endpoint} -> {args.to} (transactionID {tid})")
+        return EXIT_OK
+    return _fail(
+        f"switch not done ({result.outcome.status}): {result.outcome.message}", EXIT_UNHEALTHY
+    )
+
+
+def cmd_pin(args: argparse.Namespace) -> int:
+    from monitor.app import open_store
+    from monitor.durations import parse_duration
+    from monitor.ops import manual_failover, pin, require_endpoint, require_group
+
+    config = _config(args)
+    group = require_group(config, args.group)
+    require_endpoint(group, args.endpoint)
+    try:
+        seconds = parse_duration(args.duration)
+    except ValueError as exc:
+        raise UsageError(f"--for: {exc}") from None
+    store = open_store(config)
+    try:
+
+        async def go() -> Any:
+            async with _convai(config) as convai:
+                return await manual_failover(
+                    config, store, convai, args.group, args.endpoint, force=args.force
+                )
+
+        result = _run_async(go())
+        if result.outcome is not None and result.outcome.status != "confirmed":
+            return _fail(
+                f"not pinned: could not move {args.group} to {args.endpoint}: "
+                f"{result.outcome.message or result.outcome.status}",
+                EXIT_UNHEALTHY,
+            )
+        until = pin(store, args.group, args.endpoint, seconds)
+    finally:
+        store.close()
+    from monitor.report import iso
+
+    _out(f"pinned {args.group} to {args.endpoint} until {iso(until)}")
+    return EXIT_OK
+
+
+def cmd_unpin(args: argparse.Namespace) -> int:
+    from monitor.app import open_store
+    from monitor.ops import require_group, unpin
+
+    config = _config(args)
+    require_group(config, args.group)
+    store = open_store(config)
+    try:
+        was = unpin(store, args.group)
+    finally:
+        store.close()
+    _out(f"unpinned {args.group}" if was else f"{args.group} was not pinned")
+    return EXIT_OK
+
+
+def cmd_history(args: argparse.Namespace) -> int:
+    from monitor.app import open_store
+    from monitor.durations import parse_duration
+    from monitor.ops import event_dict, history, require_group
+    from monitor.report import table
+
+    config = _config(args)
+    if args.group is not None:
+        require_group(config, args.group)
+    try:
+        since = parse_duration(args.since)
+    except ValueError as exc:
+        raise UsageError(f"--since: {exc}") from None
+    store = open_store(config)
+    try:
+        events = [event_dict(e) for e in history(store, args.group, since)]
+    finally:
+        store.close()
+    if args.json:
+        _json({"events": events})
+        return EXIT_OK
+    if not events:
+        _out(f"no events in the last {args.since}")
+        return EXIT_OK
+    _out(
+        table(
+            ["AT", "GROUP", "KIND", "WHAT", "TRANSACTION"],
+            [
+                (e["at"], e["model_group_name"], e["kind"], e["message"], e["transaction_id"])
+                for e in events
+            ],
+        )
+    )
+    return EXIT_OK
+
+
+def cmd_explain(args: argparse.Namespace) -> int:
+    from monitor.app import open_store
+    from monitor.ops import explain
+
+    config = _config(args)
+    store = open_store(config)
+    try:
+        lines = explain(config, store, args.group, time.time())
+    finally:
+        store.close()
+    for line in lines:
+        _out(line)
+    return EXIT_OK
+
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from monitor.ops import require_endpoint, require_group
+    from monitor.report import table
+
+    config = _config(args)
+    action = args.action
+
+    async def go() -> Any:
+        async with _convai(config) as convai:
+            if action == "list":
+                return await convai.list_models()
+            if action == "deregister":
+                if not args.yes:
+                    raise UsageError(
+                        "deregister breaks every character using the group; add --yes to confirm"
+                    )
+                return await convai.deregister(args.group)
+            group = require_group(config, args.group)
+            endpoint_name = args.endpoint or group.primary.name
+            require_endpoint(group, endpoint_name)
+            endpoint = group.endpoint(endpoint_name)
+            assert endpoint is not None
+            if action == "register":
+                model = args.model_name or group.model_name
+                if not model:
+                    raise UsageError("register needs --model-name (or model_name in the config)")
+                return await convai.register(
+                    args.group,
+                    model,
+                    endpoint.key,
+                    is_uncensored=args.uncensored,
+                    display_name=args.display_name,
+                    base_url=endpoint.base_url,
+                )
+            return await convai.update(
+                args.group,
+                base_url=endpoint.base_url,
+                api_key=endpoint.key,
+                display_name=args.display_name,
+            )
+
+    result = _run_async(go())
+    if action == "list":
+        if args.json:
+            _json(
+                {
+                    "models": [
+                        {
+                            "model_group_name": m.model_group_name,
+                            "model_name": m.model_name,
+                            "display_name": m.display_name,
+                            "base_url": m.base_url,
+                            "is_uncensored": m.is_uncensored,
+                            "monitored": config.group(m.model_group_name) is not None,
+                        }
+                        for m in result.models
+                    ]
+                }
+            )
+        else:
+            _out(
+                table(
+                    ["GROUP", "MODEL", "DISPLAY NAME", "BASE URL", "MONITORED"],
+                    [
+                        (
+                            m.model_group_name,
+                            m.model_name,
+                            m.display_name,
+                            m.base_url,
+                            "yes" if config.group(m.model_group_name) else "no",
+                        )
+                        for m in result.models
+                    ],
+                )
+            )
+        return EXIT_OK
+    _out(f"{result.message} (transactionID {result.transaction_id})")
     return EXIT_OK
 
 
@@ -144,7 +375,6 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitor.app import Daemon, open_store
 
     config = _config(args)
-    setup_logging(args.log_level)
     store = open_store(config, migrate=True)
     try:
         asyncio.run(Daemon(config, store, dry_run=args.dry_run, register=args.register).run())
@@ -200,6 +430,62 @@ def build_parser() -> argparse.ArgumentParser:
     st.add_argument("--json", action="store_true", help="machine-readable output")
     st.set_defaults(func=cmd_status)
 
+    fo = commands.add_parser("failover", help="switch a group to an endpoint now")
+    _add_config(fo)
+    fo.add_argument("group", metavar="GROUP")
+    fo.add_argument("--to", required=True, metavar="ENDPOINT")
+    fo.add_argument("--force", action="store_true", help="skip the pre-flight probe")
+    fo.set_defaults(func=cmd_failover)
+
+    pn = commands.add_parser("pin", help="hold a group on an endpoint for a while")
+    _add_config(pn)
+    pn.add_argument("group", metavar="GROUP")
+    pn.add_argument("endpoint", metavar="ENDPOINT")
+    pn.add_argument("--for", dest="duration", required=True, metavar="DURATION", help="e.g. 2h")
+    pn.add_argument("--force", action="store_true", help="skip the pre-flight probe")
+    pn.set_defaults(func=cmd_pin)
+
+    up = commands.add_parser("unpin", help="let automatic switching resume")
+    _add_config(up)
+    up.add_argument("group", metavar="GROUP")
+    up.set_defaults(func=cmd_unpin)
+
+    hi = commands.add_parser("history", help="the audit log: switches, drift, all-down, ...")
+    _add_config(hi)
+    hi.add_argument("--group", metavar="G")
+    hi.add_argument("--since", default="24h", metavar="DURATION")
+    hi.add_argument("--json", action="store_true")
+    hi.set_defaults(func=cmd_history)
+
+    ex = commands.add_parser("explain", help="why a group is on its endpoint now")
+    _add_config(ex)
+    ex.add_argument("group", metavar="GROUP")
+    ex.set_defaults(func=cmd_explain)
+
+    models = commands.add_parser("models", help="Convai's model groups (/llm-models/*)")
+    model_commands = models.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    model_commands.required = True
+    ml = model_commands.add_parser("list", help="list registered groups")
+    _add_config(ml)
+    ml.add_argument("--json", action="store_true")
+    for action, text in (
+        ("register", "register a configured group"),
+        ("update", "point a group at an endpoint"),
+    ):
+        mp = model_commands.add_parser(action, help=text)
+        _add_config(mp)
+        mp.add_argument("group", metavar="GROUP")
+        mp.add_argument("--endpoint", metavar="NAME", help="configured endpoint (default: primary)")
+        mp.add_argument("--display-name", metavar="TEXT")
+        if action == "register":
+            mp.add_argument("--model-name", metavar="NAME")
+            mp.add_argument("--uncensored", action="store_true")
+    md = model_commands.add_parser("deregister", help="remove a group from Convai")
+    _add_config(md)
+    md.add_argument("group", metavar="GROUP")
+    md.add_argument("--yes", action="store_true", help="confirm: characters on it stop working")
+    models.set_defaults(func=cmd_models)
+
     cfg = commands.add_parser("config", help="config file commands")
     cfg_commands = cfg.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
     cfg_commands.required = True
@@ -225,7 +511,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     func: Callable[[argparse.Namespace], int] = args.func
+    # One-shot commands print their answer on stdout and their failure as one line on
+    # stderr; only errors beyond that are logged (to stderr). `run` sets its own level.
+    setup_logging(getattr(args, "log_level", "error"))
     from monitor.convai import ConvaiError
+    from monitor.ops import OperatorError
     from monitor.runtime.failover import StartupError
 
     try:
@@ -235,7 +525,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"convai-monitor: config error: {where}{redact(problem)}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsageError, StoreError, StartupError) as exc:
+    except (UsageError, StoreError, StartupError, OperatorError) as exc:
         return _fail(str(exc))
     except ConvaiError as exc:
         return _fail(str(exc), EXIT_UNHEALTHY)

@@ -10,6 +10,7 @@ from monitor.config import Config
 from monitor.domain.health import Health
 from monitor.domain.outcome import ProbeResult
 from monitor.store import Store
+from monitor.store.switching import GroupRecord, SwitchLog
 
 WINDOWS = {"1h": 3600.0, "24h": 86400.0}
 
@@ -41,13 +42,12 @@ def check_report(results: Sequence[ProbeResult]) -> dict[str, Any]:
     }
 
 
-def status_report(
-    config: Config, store: Store, now: float, active: dict[str, str | None] | None = None
-) -> dict[str, Any]:
+def status_report(config: Config, store: Store, now: float) -> dict[str, Any]:
     """Per group and endpoint, what the daemon has recorded. Shape documented in README."""
     ids = store.endpoint_ids()
     health = store.health()
-    active = active or {}
+    switches = SwitchLog(store)
+    records = switches.groups()
     groups = []
     for group in config.groups:
         endpoints = []
@@ -84,14 +84,46 @@ def status_report(
                     "latency_ms_24h": _latency(windows["24h"]),
                 }
             )
+        record = records.get(group.model_group_name)
+        switch = switches.last_switch(group.model_group_name)
+        pinned = (
+            record is not None and record.pinned_until is not None and record.pinned_until > now
+        )
         groups.append(
             {
                 "model_group_name": group.model_group_name,
-                "active_endpoint": active.get(group.model_group_name),
+                "state": _state(record, pinned),
+                "active_endpoint": record.active_endpoint if record else None,
+                "registered_base_url": record.registered_base_url if record else None,
+                "condition": record.condition if record else None,
+                "pinned": {"endpoint": record.pinned_endpoint, "until": iso(record.pinned_until)}
+                if pinned and record is not None
+                else None,
+                "last_switch": None
+                if switch is None
+                else {
+                    "at": iso(switch.completed_at),
+                    "from": switch.from_endpoint,
+                    "to": switch.to_endpoint,
+                    "kind": switch.kind,
+                    "reason": switch.reason,
+                    "transaction_id": switch.transaction_id,
+                },
                 "endpoints": endpoints,
             }
         )
-    return {"generated_at": iso(now), "groups": groups}
+    unmonitored = [
+        {"model_group_name": r.name, "base_url": r.registered_base_url}
+        for r in records.values()
+        if not r.monitored and config.group(r.name) is None
+    ]
+    return {"generated_at": iso(now), "groups": groups, "unmonitored": unmonitored}
+
+
+def _state(record: GroupRecord | None, pinned: bool) -> str | None:
+    if record is None:
+        return None
+    return "pinned" if pinned else record.state
 
 
 def _latency(window: Any) -> dict[str, float | None]:
