@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import structlog
 import yaml
 
 from monitor.redact import redactor
@@ -23,6 +24,7 @@ def _fresh_redactor() -> Iterator[None]:
     redactor.clear()
     yield
     redactor.clear()
+    structlog.reset_defaults()
 
 
 @pytest.fixture

@@ -37,7 +37,7 @@ def run_cli(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, s
 
 
 def test_missing_config_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    code, out, err = run_cli(capsys, "check", "-c", str(tmp_path / "nope.yaml"))
+    code, _out, err = run_cli(capsys, "check", "-c", str(tmp_path / "nope.yaml"))
     assert code == 2
     assert err.strip() == f"convai-monitor: config error: {tmp_path / 'nope.yaml'}: no such file"
 
@@ -106,7 +106,8 @@ def test_check_healthy_then_primary_down(world: World, capsys: pytest.CaptureFix
     path = str(world.config_path())
     code, out, _ = run_cli(capsys, "check", "-c", path)
     assert code == 0
-    assert "GROUP" in out and "ok" in out
+    assert "GROUP" in out
+    assert "ok" in out
     world.sims["a"].set(Behaviour.UNAUTHORIZED)
     code, out, _ = run_cli(capsys, "check", "-c", path, "--json")
     assert code == 1
@@ -140,7 +141,7 @@ def test_check_reads_model_name_from_convai(
     path = world.config_path()
     lines = path.read_text().splitlines(keepends=True)
     path.write_text("".join(line for line in lines if f"model_name: {MODEL}" not in line))
-    code, out, err = run_cli(capsys, "check", "-c", str(path), "--json")
+    code, _out, err = run_cli(capsys, "check", "-c", str(path), "--json")
     assert code == 0, err
     assert world.sims["a"].last_request is not None
     assert world.sims["a"].last_request["json"]["model"] == MODEL
@@ -152,10 +153,10 @@ def test_check_reads_model_name_from_convai(
 def test_run_status_and_sigterm(world: World, capsys: pytest.CaptureFixture[str]) -> None:
     path = world.config_path()
     log = world.tmp_path / "run.log"
-    with log.open("wb") as out:
+    with log.open("wb") as sink:
         proc = subprocess.Popen(
             [sys.executable, "-m", "monitor", "run", "-c", str(path)],
-            stdout=out,
+            stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
         )
@@ -202,11 +203,13 @@ def test_run_status_and_sigterm(world: World, capsys: pytest.CaptureFixture[str]
     assert a["last_probe"]["outcome"] == "connect_error"
     assert 0 < a["uptime"]["1h"] < 100
     assert b["uptime"]["1h"] == 100.0
-    assert b["latency_ms"]["p50"] is not None and b["latency_ms"]["p95"] >= b["latency_ms"]["p50"]
+    assert b["latency_ms"]["p50"] is not None
+    assert b["latency_ms"]["p95"] >= b["latency_ms"]["p50"]
 
     code, out, _ = run_cli(capsys, "status", "-c", str(path))
     assert code == 0
-    assert "failed_over" in out and "b*" in out
+    assert "failed_over" in out
+    assert "b*" in out
 
     code, out, _ = run_cli(capsys, "history", "-c", str(path), "--json")
     kinds = [e["kind"] for e in json.loads(out)["events"]]
