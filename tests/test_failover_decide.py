@@ -205,3 +205,14 @@ def test_hold_doubles_per_repeat() -> None:
 )
 def test_group_state(group: GroupView, state: GroupState) -> None:
     assert group_state(group, decide(group, NOW), NOW) is state
+
+
+def test_a_down_active_that_answers_again_is_not_left() -> None:
+    group = GroupView(
+        name="g",
+        endpoints=(EndpointView("a", D, None, answering=True), EndpointView("b", U, LONG_AGO)),
+        active="a",
+    )
+    decision = decide(group, NOW)
+    assert decision.action is Action.STAY
+    assert "answering again" in decision.reason

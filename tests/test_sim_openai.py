@@ -493,3 +493,18 @@ def test_cli_exits_cleanly_on_sigterm() -> None:
         _first_line(proc)
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=5) == 0
+
+
+def test_flaky_fails_about_the_given_share() -> None:
+    with EndpointSim() as sim, httpx.Client(trust_env=False, timeout=5) as client:
+        sim.flaky(0.3, seed=7)
+        statuses = [
+            client.post(
+                f"{sim.base_url}/chat/completions",
+                json={"model": "sim-model", "messages": []},
+            ).status_code
+            for _ in range(200)
+        ]
+    failures = statuses.count(500)
+    assert statuses.count(200) + failures == 200
+    assert 35 <= failures <= 85

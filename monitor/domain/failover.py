@@ -42,6 +42,7 @@ class EndpointView:
     name: str
     health: Health
     up_since: float | None = None  # when it last became up (None unless up)
+    answering: bool = False  # its latest probe passed (a down endpoint on its way back)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,6 +116,11 @@ def decide(view: GroupView, now: float) -> Decision:
     active = by_name[view.active]
 
     if active.health is Health.DOWN:
+        if active.answering:
+            # It answered since it was judged down (the engine re-probes the active endpoint
+            # right before a failover): a blip, or a recovery under way. Moving the group
+            # now would be a switch the next probes are likely to undo.
+            return Decision(Action.STAY, f"{active.name} is down but answering again")
         if view.isolated:
             # Everything failing at once and Convai unreachable too: most likely our own
             # network. Switching would only move the group to an equally unreachable place.

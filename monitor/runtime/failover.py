@@ -329,6 +329,16 @@ class Engine:
         if decision.action is Action.ALL_DOWN and await self._suspect_isolation():
             view = self._view(group, record, switch_times, isolated=True)
             decision = decide(view, now)
+        if decision.action is Action.FAILOVER and record.active_endpoint is not None:
+            # Check before switching: probe the active endpoint once more. If it answers,
+            # the decision turns into "stay" (see decide), which keeps a run of unlucky
+            # blips from moving the group.
+            active = self.monitor.targets.get((name, record.active_endpoint))
+            if active is not None:
+                await self._preflight(active)
+                now = time.time()
+                view = self._view(group, record, switch_times, isolated=False)
+                decision = decide(view, now)
         state = group_state(view, decision, now)
         if state.value != record.state:
             await self.call(self.switches.set_state, name, state.value)
@@ -351,7 +361,8 @@ class Engine:
         for endpoint in group.endpoints:
             state = self.monitor.states.get((group.model_group_name, endpoint.name), HealthState())
             up_since = state.since if state.health is Health.UP else None
-            endpoints.append(EndpointView(endpoint.name, state.health, up_since))
+            answering = state.successes > 0
+            endpoints.append(EndpointView(endpoint.name, state.health, up_since, answering))
         return GroupView(
             name=group.model_group_name,
             endpoints=tuple(endpoints),
@@ -415,7 +426,8 @@ class Engine:
         if dry_noted:
             await self.call(self.switches.set_condition, name, None)
         if decision.action is Action.STAY:
-            if record.condition in _TROUBLE:
+            active = next((e for e in view.endpoints if e.name == view.active), None)
+            if record.condition in _TROUBLE and active is not None and active.health is Health.UP:
                 await self._condition(
                     name, "recovered", f"recovered: {decision.reason}", now, clear=True
                 )

@@ -39,6 +39,7 @@ import collections
 import contextlib
 import functools
 import itertools
+import random
 import json
 import os
 import signal
@@ -133,6 +134,10 @@ class EndpointSim:
         self.retry_after = 1  # seconds, sent with RATE_LIMITED
         # Where REDIRECT points; None means `<origin>/login`, like a captive portal.
         self.redirect_to: str | None = None
+        # Random independent failures (see flaky()); 0 means none.
+        self._flake_rate = 0.0
+        self._flake_as = Behaviour.HTTP_500
+        self._random = random.Random()
 
         self._lock = threading.Lock()
         self._behaviour = behaviour
@@ -293,11 +298,24 @@ class EndpointSim:
         with self._lock:
             self._connections.discard(conn)
 
+    def flaky(
+        self, rate: float, *, behaviour: Behaviour = Behaviour.HTTP_500, seed: int | None = None
+    ) -> None:
+        """Answer a random `rate` share of OK requests with `behaviour` instead (blips)."""
+        if not 0.0 <= rate <= 1.0:
+            raise ValueError("rate must be between 0 and 1")
+        with self._lock:
+            self._flake_rate, self._flake_as = rate, behaviour
+            if seed is not None:
+                self._random.seed(seed)
+
     def _plan(self, record: RecordedRequest) -> _Plan:
         with self._lock:
             self._requests += 1
             self._last_request = record
             behaviour = self._script.popleft() if self._script else self._behaviour
+            if behaviour is Behaviour.OK and self._random.random() < self._flake_rate:
+                behaviour = self._flake_as
             return _Plan(behaviour, self._delay, self._changed, self._stopped)
 
     def _next_id(self) -> str:
