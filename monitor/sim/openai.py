@@ -39,9 +39,9 @@ import collections
 import contextlib
 import functools
 import itertools
-import random
 import json
 import os
+import random
 import signal
 import socket
 import stat
