@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import http.client
 import json
 import os
 import resource
@@ -36,6 +37,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
@@ -119,6 +121,31 @@ def stop_server(process: subprocess.Popen[str]) -> None:
             process.wait()
     if process.stdout is not None:
         process.stdout.close()
+
+
+def calibrate(origin: str, count: int, delay: float) -> list[float]:
+    """The sim's own floor: sequential requests from a minimal client, minus the delay.
+
+    Python's http.server and time.sleep in the sim take a share of the error budget that
+    no monitor could remove; this shows how much, so the error below can be read against it.
+    """
+    parts = urlsplit(origin)
+    connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
+    body = json.dumps(
+        {"model": MODEL, "messages": [{"role": "user", "content": "Reply with OK."}]}
+    ).encode()
+    headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
+    errors: list[float] = []
+    try:
+        for _ in range(count):
+            started = time.perf_counter()
+            connection.request("POST", "/calibrate/v1/chat/completions", body, headers)
+            response = connection.getresponse()
+            response.read()
+            errors.append((time.perf_counter() - started - delay) * 1000.0)
+    finally:
+        connection.close()
+    return sorted(errors)
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -278,6 +305,9 @@ def report(summary: dict[str, Any]) -> None:
         f"p99 {_ms(summary['latency_p99_ms'])}",
         f"latency error        p50 {_ms(summary['error_p50_ms'])}, p99 {_ms(error_p99)}, "
         f"min {_ms(summary['error_min_ms'])} (measured minus server delay)",
+        f"sim floor            p50 {_ms(summary['floor_p50_ms'])}, "
+        f"p99 {_ms(summary['floor_p99_ms'])} (the same error for {summary['floor_samples']} "
+        "sequential requests from http.client: the sim's own share)",
         f"peak rss             {summary['peak_rss_mb']:.1f} MB",
         f"database             {summary['db_bytes']} bytes, {summary['db_rows']} rows, "
         + (
@@ -311,11 +341,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--duration", type=float, default=60.0, help="measured time, s (60)")
     parser.add_argument("--delay", type=float, default=0.05, help="server-side delay, s (0.05)")
     parser.add_argument("--max-in-flight", type=int, default=100, help="probe bound (100)")
+    parser.add_argument(
+        "--calibrate", type=int, default=100, help="sequential sim requests first (100; 0 skips)"
+    )
     parser.add_argument("--json", action="store_true", help="also print a JSON summary")
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
     args = parser.parse_args(argv)
     if args.endpoints < 1 or args.interval <= 0 or args.duration <= 0 or args.delay < 0:
         parser.error("--endpoints, --interval and --duration must be positive, --delay >= 0")
+    if args.calibrate < 0:
+        parser.error("--calibrate must not be negative")
     if args.max_in_flight < 1:
         parser.error("--max-in-flight must be at least 1")
     return args
@@ -332,6 +367,7 @@ def main(argv: list[str] | None = None) -> int:
         os.sched_setaffinity(0, {cpus[0]})
     process, origin = start_server(args.delay, set(cpus[1:]) if pinned else None)
     try:
+        floor = calibrate(origin, args.calibrate, args.delay)
         with tempfile.TemporaryDirectory(prefix="probe-load-") as tmp:
             path = Path(tmp) / "bench.db"
             store = Store(f"sqlite:///{path}")
@@ -347,6 +383,9 @@ def main(argv: list[str] | None = None) -> int:
         pinned=pinned,
         # ru_maxrss is in KB on Linux.
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
+        floor_samples=len(floor),
+        floor_p50_ms=percentile(floor, 50),
+        floor_p99_ms=percentile(floor, 99),
         db_bytes=size,
         db_rows=rows,
         db_bytes_per_probe=size / rows if rows else None,

@@ -179,12 +179,16 @@ class Daemon:
             await self.stopping.wait()
             log.info("daemon_stopping")
         finally:
+            # Stop starting work, let what is in flight finish (a switch especially), then
+            # shut the scheduler down: its shutdown cancels running jobs outright.
             if scheduler.running:
-                scheduler.shutdown(wait=False)
+                scheduler.pause()
             if self.engine is not None:
                 await self.engine.drain(SWITCH_DRAIN_TIMEOUT)
             if self.monitor is not None:
                 await self.monitor.drain(DRAIN_TIMEOUT)
+            if scheduler.running:
+                scheduler.shutdown(wait=False)
             await recorder.close()
             await prober.aclose()
             await convai.aclose()

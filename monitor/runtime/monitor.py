@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
@@ -12,6 +13,7 @@ from datetime import UTC, datetime
 import structlog
 from apscheduler.events import (
     EVENT_JOB_ERROR,
+    EVENT_JOB_EXECUTED,
     EVENT_JOB_MAX_INSTANCES,
     EVENT_JOB_MISSED,
     EVENT_JOB_SUBMITTED,
@@ -74,28 +76,31 @@ class Monitor:
         # so the group is switched the moment any endpoint is judged up.
         self.urgent: set[str] = set()
         self._scheduled: dict[str, datetime] = {}
-        self._phase: dict[EndpointKey, float] = {}
-        self._first_round: set[EndpointKey] = set()
-        self._t0 = 0.0
+        # Each endpoint's place on its interval grid (absolute epoch seconds): normal runs
+        # always land on the grid, so endpoints stay spread over the interval however
+        # often fast re-probes pulled them off it (a burst of 1,000 probes in 2 s every
+        # 10 s overloads the loop and turns healthy endpoints into timeouts).
+        self._grid: dict[EndpointKey, float] = {}
+        self._due: dict[str, float] = {}
         self._inflight: set[asyncio.Task[None]] = set()
+        self._stopping = False
         scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         scheduler.add_listener(self._on_error, EVENT_JOB_ERROR)
+        scheduler.add_listener(self._on_executed, EVENT_JOB_EXECUTED)
 
     # --- scheduling --------------------------------------------------------------------
 
     def add_targets(self, targets: Iterable[Target]) -> None:
         batch = list(targets)
         now = time.time()
-        self._t0 = now
         for index, target in enumerate(batch):
             key = (target.group, target.endpoint)
             self.targets[key] = target
             self.states.setdefault(key, HealthState())
             interval = target.policy.interval
             share = index / max(1, len(batch))
-            self._phase[key] = share * interval
-            self._first_round.add(key)
+            self._grid[key] = now + share * interval
             first = now + share * min(interval, STARTUP_SPREAD)
             self.scheduler.add_job(
                 self._run,
@@ -121,10 +126,11 @@ class Monitor:
         target = self.targets[key]
         if in_transition(state) or target.group in self.urgent:
             return scheduled + target.policy.fast_interval
-        if key in self._first_round:
-            # Leave the startup burst for this endpoint's place on the interval.
-            return self._t0 + self._phase[key] + target.policy.interval
-        return scheduled + target.policy.interval
+        interval = target.policy.interval
+        base = self._grid.get(key, scheduled)
+        # The first grid slot after this run (never the same one twice).
+        steps = math.floor((scheduled - base) / interval + 1e-6) + 1
+        return base + max(1, steps) * interval if scheduled >= base else base
 
     def hurry(self, key: EndpointKey) -> None:
         """Probe this endpoint now (the failover engine wants a fresh verdict)."""
@@ -140,6 +146,10 @@ class Monitor:
             self._inflight.add(task)
         try:
             await self._tick(key)
+        except asyncio.CancelledError:
+            if not self._stopping:
+                raise
+            # A probe cut short by shutdown is not a job failure worth logging.
         finally:
             if task is not None:
                 self._inflight.discard(task)
@@ -158,11 +168,10 @@ class Monitor:
         await self.observe(target, result)
         if key not in self.targets:  # removed while probing (reload)
             return
-        due = max(self._next_run(key, scheduled, self.states[key]), time.time())
-        self._first_round.discard(key)
-        job = self.scheduler.get_job(job_id)
-        if job is not None:
-            job.modify(next_run_time=datetime.fromtimestamp(due, UTC))
+        # Applied when APScheduler reports the run finished (see _on_executed): modifying
+        # the job from inside it races max_instances=1 and a due time already past would
+        # be skipped as "maximum number of running instances reached".
+        self._due[job_id] = max(self._next_run(key, scheduled, self.states[key]), time.time())
 
     async def observe(
         self, target: Target, result: ProbeResult
@@ -209,6 +218,14 @@ class Monitor:
         if event.scheduled_run_times:
             self._scheduled[event.job_id] = event.scheduled_run_times[-1]
 
+    def _on_executed(self, event: JobEvent) -> None:
+        due = self._due.pop(event.job_id, None)
+        if due is None:
+            return
+        job = self.scheduler.get_job(event.job_id)
+        if job is not None:
+            job.modify(next_run_time=datetime.fromtimestamp(due, UTC))
+
     def _on_missed(self, event: JobEvent) -> None:
         self.counters.missed += 1
         log.warning("probe_run_missed", job=event.job_id)
@@ -222,6 +239,7 @@ class Monitor:
 
     async def drain(self, grace: float) -> None:
         """Wait for probes in flight to finish (bounded), then cancel the rest."""
+        self._stopping = True
         pending = set(self._inflight)
         if not pending:
             return

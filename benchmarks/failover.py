@@ -1,0 +1,238 @@
+"""Detection-to-switch time and blip immunity of the real daemon, on loopback.
+
+Part 1 (outages): `--outages` groups, each a primary and a fallback, probed at the
+issue's cadence (interval 10 s, fast_interval 1 s, fall 3). Every primary dies once at a
+random moment; the time from its death to Convai's update landing (as the local Convai API
+records it) is measured per outage, all outages running at once.
+
+Part 2 (blips): healthy primaries that fail a random 5% of probes, until `--blip-probes`
+probes have been answered; every Convai update is a switch caused by blips. Only the
+sequence of outcomes matters here, not the clock, so this part runs at a faster cadence.
+
+Prints numbers; exits 0 whatever they are.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import random
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from monitor.app import Daemon, open_store
+from monitor.config import load_config
+from monitor.logs import setup_logging
+from monitor.sim.convai import ConvaiSim
+from monitor.sim.openai import Behaviour, EndpointSim
+
+CONVAI_KEY = "bench-convai-key"
+MODEL = "bench-model"
+
+
+def _config(
+    folder: Path, convai: ConvaiSim, sims: list[tuple[EndpointSim, EndpointSim]], **policy: Any
+) -> Path:
+    groups = [
+        {
+            "model_group_name": f"group-{i:03d}",
+            "model_name": MODEL,
+            "endpoints": [
+                {"name": "primary", "base_url": p.base_url, "api_key": f"key-primary-{i}"},
+                {"name": "fallback", "base_url": f.base_url, "api_key": f"key-fallback-{i}"},
+            ],
+        }
+        for i, (p, f) in enumerate(sims)
+    ]
+    data = {
+        "convai": {"api_key": CONVAI_KEY, "base_url": convai.base_url, "sync_interval": "1h"},
+        "storage": {"url": f"sqlite:///{folder / 'bench.db'}"},
+        "defaults": policy,
+        "groups": groups,
+    }
+    path = folder / "bench.yaml"
+    path.write_text(yaml.safe_dump(data))
+    return path
+
+
+def _world(count: int) -> tuple[ConvaiSim, list[tuple[EndpointSim, EndpointSim]]]:
+    convai = ConvaiSim(api_keys=[CONVAI_KEY])
+    convai.start()
+    sims = []
+    for i in range(count):
+        primary = EndpointSim(model=MODEL, api_key=f"key-primary-{i}")
+        fallback = EndpointSim(model=MODEL, api_key=f"key-fallback-{i}")
+        primary.start()
+        fallback.start()
+        convai.seed(f"group-{i:03d}", MODEL, f"key-primary-{i}", base_url=primary.base_url)
+        sims.append((primary, fallback))
+    return convai, sims
+
+
+def _stop(convai: ConvaiSim, sims: list[tuple[EndpointSim, EndpointSim]]) -> None:
+    for primary, fallback in sims:
+        primary.stop()
+        fallback.stop()
+    convai.stop()
+
+
+def _pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
+
+
+async def outages(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    convai, sims = _world(args.outages)
+    path = _config(
+        folder,
+        convai,
+        sims,
+        interval=args.interval,
+        fast_interval=args.fast_interval,
+        fall=args.fall,
+        rise=2,
+        timeout=min(5.0, args.interval / 2),
+        failback="manual",  # the measurement ends at the switch
+    )
+    config = load_config(path)
+    store = open_store(config)
+    daemon = Daemon(config, store)
+    task = asyncio.create_task(daemon.run())
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 30)
+        # Let every endpoint be judged up first (first probe + rise at the fast cadence).
+        await asyncio.sleep(args.fast_interval * 3 + 3)
+        rng = random.Random(args.seed)
+        died: dict[str, float] = {}
+
+        async def kill(index: int) -> None:
+            # A random moment within one interval, so the phase against the probe
+            # schedule is uniform, as for a real outage.
+            await asyncio.sleep(rng.uniform(0, args.interval))
+            sims[index][0].set(Behaviour(args.mode))
+            died[f"group-{index:03d}"] = time.monotonic()
+
+        await asyncio.gather(*(kill(i) for i in range(len(sims))))
+        deadline = time.monotonic() + args.interval * 4 + 30
+        landed: dict[str, float] = {}
+        while len(landed) < len(sims) and time.monotonic() < deadline:
+            for call in convai.calls_of("update"):
+                group = call.body.get("model_group_name")
+                if call.status == 200 and isinstance(group, str) and group not in landed:
+                    landed[group] = call.at
+            await asyncio.sleep(0.05)
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 30)
+        store.close()
+        _stop(convai, sims)
+    times = [landed[g] - died[g] for g in landed if g in died]
+    return {
+        "outages": len(died),
+        "switched": len(times),
+        "mode": args.mode,
+        "detection_to_switch_s": {
+            "p50": round(statistics.median(times), 3) if times else None,
+            "p95": round(_pct(times, 95), 3) if times else None,
+            "max": round(max(times), 3) if times else None,
+            "min": round(min(times), 3) if times else None,
+        },
+    }
+
+
+async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    convai, sims = _world(args.blip_groups)
+    for i, (primary, _fallback) in enumerate(sims):
+        primary.flaky(args.blip_rate, seed=args.seed + i)
+    path = _config(
+        folder,
+        convai,
+        sims,
+        interval=args.blip_interval,
+        fast_interval=args.blip_interval / 10,
+        timeout=args.blip_interval / 2,
+        fall=args.fall,
+        rise=2,
+    )
+    config = load_config(path)
+    store = open_store(config)
+    daemon = Daemon(config, store)
+    task = asyncio.create_task(daemon.run())
+    started = time.monotonic()
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 30)
+        while sum(p.requests for p, _ in sims) < args.blip_probes:  # noqa: ASYNC110 - polls threads
+            await asyncio.sleep(0.1)
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 30)
+        store.close()
+        _stop(convai, sims)
+    probes = sum(p.requests for p, _ in sims)
+    switches = len([c for c in convai.calls_of("update") if c.status == 200])
+    p = args.blip_rate
+    # Expected `fall`-long failure runs if every probe were an independent draw.
+    expected = probes * (1 - p) * p**args.fall
+    return {
+        "primary_probes": probes,
+        "failure_rate": p,
+        "switches": switches,
+        "expected_down_verdicts_without_recheck": round(expected, 2),
+        "seconds": round(time.monotonic() - started, 1),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--outages", type=int, default=20)
+    parser.add_argument("--interval", type=float, default=10.0)
+    parser.add_argument("--fast-interval", type=float, default=1.0)
+    parser.add_argument("--fall", type=int, default=3)
+    parser.add_argument("--mode", default="refuse", choices=["refuse", "http_500", "hang"])
+    parser.add_argument("--blip-probes", type=int, default=10_000)
+    parser.add_argument("--blip-groups", type=int, default=25)
+    parser.add_argument("--blip-rate", type=float, default=0.05)
+    parser.add_argument("--blip-interval", type=float, default=0.3)
+    parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--skip-blips", action="store_true")
+    parser.add_argument("--json", action="store_true")
+    parser.add_argument("--log-level", default="error")
+    args = parser.parse_args(argv)
+    setup_logging(args.log_level)
+    results: dict[str, Any] = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "o").mkdir()
+        results["outages"] = asyncio.run(outages(args, Path(tmp) / "o"))
+        if not args.skip_blips:
+            (Path(tmp) / "b").mkdir()
+            results["blips"] = asyncio.run(blips(args, Path(tmp) / "b"))
+    o = results["outages"]
+    d = o["detection_to_switch_s"]
+    print(
+        f"outages ({o['mode']}, interval {args.interval:g}s, fast {args.fast_interval:g}s, "
+        f"fall {args.fall}): {o['switched']}/{o['outages']} switched; detection-to-switch "
+        f"p50 {d['p50']}s p95 {d['p95']}s (min {d['min']}s, max {d['max']}s)"
+        f"  [target p95 < 13s: {'met' if d['p95'] is not None and d['p95'] < 13 else 'NOT met'}]"
+    )
+    if "blips" in results:
+        b = results["blips"]
+        print(
+            f"blips: {b['primary_probes']} primary probes at {b['failure_rate']:.0%} random "
+            f"failures -> {b['switches']} switches (a fall-{args.fall} machine alone would "
+            f"expect ~{b['expected_down_verdicts_without_recheck']})"
+            f"  [target 0: {'met' if b['switches'] == 0 else 'NOT met'}]"
+        )
+    if args.json:
+        print(json.dumps(results, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
