@@ -19,9 +19,11 @@ import asyncio
 import json
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -147,43 +149,95 @@ async def outages(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     }
 
 
-async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    convai, sims = _world(args.blip_groups)
-    for i, (primary, _fallback) in enumerate(sims):
-        primary.flaky(args.blip_rate, seed=args.seed + i)
-    path = _config(
-        folder,
-        convai,
-        sims,
-        interval=args.blip_interval,
-        fast_interval=args.blip_interval / 10,
-        timeout=args.blip_interval / 2,
-        fall=args.fall,
-        rise=2,
+def _spawn_sim(*extra: str) -> tuple[subprocess.Popen[str], str]:
+    """An endpoint sim in its own process: its CPU is not charged to the daemon."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor.sim.openai", "--model", MODEL, *extra],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
     )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    # Primaries are paths on one flaky sim, fallbacks paths on a healthy one, both in
+    # their own processes; the daemon under test has the CPU to itself.
+    flaky, flaky_url = _spawn_sim("--flaky", str(args.blip_rate), "--seed", str(args.seed))
+    steady, steady_url = _spawn_sim()
+    convai = ConvaiSim(api_keys=[CONVAI_KEY])
+    convai.start()
+    groups = []
+    for i in range(args.blip_groups):
+        name = f"group-{i:03d}"
+        primary = f"{flaky_url}/g{i}/v1"
+        convai.seed(name, MODEL, "key", base_url=primary)
+        groups.append(
+            {
+                "model_group_name": name,
+                "model_name": MODEL,
+                "endpoints": [
+                    {"name": "primary", "base_url": primary, "api_key": "key"},
+                    {"name": "fallback", "base_url": f"{steady_url}/g{i}/v1", "api_key": "key"},
+                ],
+            }
+        )
+    data = {
+        "convai": {"api_key": CONVAI_KEY, "base_url": convai.base_url, "sync_interval": "1h"},
+        "storage": {"url": f"sqlite:///{folder / 'blips.db'}"},
+        "defaults": {
+            "interval": args.blip_interval,
+            "fast_interval": args.blip_interval / 10,
+            "timeout": args.blip_interval * 0.8,
+            "fall": args.fall,
+            "rise": 2,
+        },
+        "groups": groups,
+    }
+    path = folder / "blips.yaml"
+    path.write_text(yaml.safe_dump(data))
     config = load_config(path)
     store = open_store(config)
     daemon = Daemon(config, store)
+    seen: Counter[str] = Counter()
+
+    async def count(target: Any, result: Any, _state: Any, _transition: Any) -> None:
+        if target.endpoint == "primary":
+            seen[result.outcome.value] += 1
+
     task = asyncio.create_task(daemon.run())
     started = time.monotonic()
     try:
         await asyncio.wait_for(daemon.ready.wait(), 30)
-        while sum(p.requests for p, _ in sims) < args.blip_probes:  # noqa: ASYNC110 - polls threads
+        assert daemon.monitor is not None
+        daemon.monitor.listeners.append(count)
+        while sum(seen.values()) < args.blip_probes:
+            if task.done():
+                task.result()  # the daemon stopped: say why
+                raise RuntimeError("the daemon stopped early")
             await asyncio.sleep(0.1)
+        missed = daemon.monitor.counters.missed
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 30)
         store.close()
-        _stop(convai, sims)
-    probes = sum(p.requests for p, _ in sims)
+        convai.stop()
+        for proc in (flaky, steady):
+            proc.terminate()
+            proc.wait(10)
+    probes = sum(seen.values())
     switches = len([c for c in convai.calls_of("update") if c.status == 200])
     p = args.blip_rate
-    # Expected `fall`-long failure runs if every probe were an independent draw.
+    # Runs of `fall` failures expected if every probe were an independent draw.
     expected = probes * (1 - p) * p**args.fall
     return {
         "primary_probes": probes,
         "failure_rate": p,
+        "observed_failure_rate": round(1 - seen["ok"] / probes, 4) if probes else None,
+        "outcomes": dict(seen),
         "switches": switches,
+        "missed_runs": missed,
         "expected_down_verdicts_without_recheck": round(expected, 2),
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -197,9 +251,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fall", type=int, default=3)
     parser.add_argument("--mode", default="refuse", choices=["refuse", "http_500", "hang"])
     parser.add_argument("--blip-probes", type=int, default=10_000)
-    parser.add_argument("--blip-groups", type=int, default=25)
+    parser.add_argument("--blip-groups", type=int, default=20)
     parser.add_argument("--blip-rate", type=float, default=0.05)
-    parser.add_argument("--blip-interval", type=float, default=0.3)
+    parser.add_argument("--blip-interval", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-blips", action="store_true")
     parser.add_argument("--json", action="store_true")
@@ -225,7 +279,8 @@ def main(argv: list[str] | None = None) -> int:
         b = results["blips"]
         print(
             f"blips: {b['primary_probes']} primary probes at {b['failure_rate']:.0%} random "
-            f"failures -> {b['switches']} switches (a fall-{args.fall} machine alone would "
+            f"failures (observed {b['observed_failure_rate']:.2%}, {b['missed_runs']} missed "
+            f"runs) -> {b['switches']} switches (a fall-{args.fall} machine alone would "
             f"expect ~{b['expected_down_verdicts_without_recheck']})"
             f"  [target 0: {'met' if b['switches'] == 0 else 'NOT met'}]"
         )

@@ -188,6 +188,34 @@ class ServerConfig(Strict):
     listen: str | None = None
 
 
+Severity = Literal["info", "warning", "critical"]
+
+
+class AlertTarget(Strict):
+    """One apprise URL. The URL is a secret: it is never printed, only its scheme."""
+
+    url: SecretStr
+    min_severity: Severity = "info"
+
+    @field_validator("url")
+    @classmethod
+    def _apprise_understands(cls, value: SecretStr) -> SecretStr:
+        from monitor.alerts.targets import check_url  # apprise is slow to import
+
+        check_url(value.get_secret_value())
+        return value
+
+
+class AlertsConfig(Strict):
+    targets: list[AlertTarget] = Field(default_factory=list)
+    # Repeat an open critical incident this often until it is resolved.
+    reminder_interval: Duration = 1800.0
+    # A delivery is retried with backoff for this long, then marked failed.
+    retry_for: Duration = 900.0
+    # Prefix on every message, e.g. the environment's name.
+    prefix: str | None = Field(default=None, max_length=100)
+
+
 class Config(Strict):
     convai: ConvaiConfig
     storage: StorageConfig = StorageConfig()
@@ -195,9 +223,7 @@ class Config(Strict):
     probes: ProbeLimits = ProbeLimits()
     dry_run: bool = False
     groups: list[GroupConfig] = Field(min_length=1)
-    # Sections owned by the alerts and deployment issues; accepted here so a config
-    # written for them validates, and typed by those modules.
-    alerts: dict[str, Any] | None = None
+    alerts: AlertsConfig = AlertsConfig()
     server: ServerConfig = ServerConfig()
 
     @model_validator(mode="after")
@@ -212,10 +238,14 @@ class Config(Strict):
         return next((g for g in self.groups if g.model_group_name == name), None)
 
     def secrets(self) -> Iterator[str]:
+        from monitor.alerts.targets import secret_parts
+
         yield self.convai.api_key.get_secret_value()
         for group in self.groups:
             for endpoint in group.endpoints:
                 yield endpoint.key
+        for target in self.alerts.targets:
+            yield from secret_parts(target.url.get_secret_value())
 
 
 def normalize_url(url: str) -> str:

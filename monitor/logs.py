@@ -84,3 +84,6 @@ def setup_logging(
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.WARNING)
+    # APScheduler warns once per skipped run; the monitor counts those itself and logs
+    # a summary (probe_runs_missed), so only its errors come through.
+    logging.getLogger("apscheduler").setLevel(logging.ERROR)

@@ -36,6 +36,7 @@ log = structlog.get_logger()
 # after start without a burst; later rounds are spread over the whole interval.
 STARTUP_SPREAD = 2.0
 _LAG_SAMPLES = 10_000
+MISSED_LOG_EVERY = 60.0
 
 Listener = Callable[[Target, ProbeResult, HealthState, Transition | None], Awaitable[None]]
 
@@ -84,6 +85,7 @@ class Monitor:
         self._due: dict[str, float] = {}
         self._inflight: set[asyncio.Task[None]] = set()
         self._stopping = False
+        self._missed_logged_at = -MISSED_LOG_EVERY
         scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         scheduler.add_listener(self._on_error, EVENT_JOB_ERROR)
@@ -227,8 +229,19 @@ class Monitor:
             job.modify(next_run_time=datetime.fromtimestamp(due, UTC))
 
     def _on_missed(self, event: JobEvent) -> None:
+        # A probe still running when its next run came due (the loop is overloaded, or
+        # an endpoint is slower than its interval). Counted always, logged once a minute:
+        # under overload a line per skip would only make things worse.
         self.counters.missed += 1
-        log.warning("probe_run_missed", job=event.job_id)
+        now = time.monotonic()
+        if now - self._missed_logged_at >= MISSED_LOG_EVERY:
+            log.warning(
+                "probe_runs_missed",
+                job=event.job_id,
+                missed_total=self.counters.missed,
+                hint="probes take longer than their interval: raise interval or max_in_flight",
+            )
+            self._missed_logged_at = now
 
     def _on_error(self, event: JobEvent) -> None:
         self.counters.errors += 1

@@ -663,6 +663,10 @@ def main(argv: list[str] | None = None) -> int:
         default=Behaviour.OK,
         help="what every request gets (default: ok)",
     )
+    parser.add_argument(
+        "--flaky", type=float, default=0.0, metavar="RATE", help="fail this share of requests"
+    )
+    parser.add_argument("--seed", type=int, default=None, help="seed for --flaky")
     args = parser.parse_args(argv)
 
     done = threading.Event()
@@ -678,6 +682,7 @@ def main(argv: list[str] | None = None) -> int:
         behaviour=args.behaviour,
         port=args.port,
     )
+    sim.flaky(args.flaky, seed=args.seed)
     try:
         sim.start()
         print(sim.origin, flush=True)

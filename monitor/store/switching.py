@@ -14,6 +14,7 @@ from typing import Any
 from sqlalchemy import select
 
 from monitor.redact import redact
+from monitor.store.outbox import Outbox
 from monitor.store.store import Store
 from monitor.store.tables import EventRow, GroupRow, SwitchRow
 
@@ -102,8 +103,10 @@ def _switch(row: SwitchRow) -> SwitchRecord:
 
 
 class SwitchLog:
-    def __init__(self, store: Store) -> None:
+    def __init__(self, store: Store, outbox: Outbox | None = None) -> None:
         self.store = store
+        # When set, every event queues its alerts in the same transaction.
+        self.outbox = outbox
 
     # --- groups ------------------------------------------------------------------------
 
@@ -195,6 +198,9 @@ class SwitchLog:
             details=redact(json.dumps(details, default=str)) if details else None,
         )
         session.add(row)
+        if self.outbox is not None:
+            session.flush()  # the event's id, for the outbox rows
+            self.outbox.enqueue(session, row, details)
         return row
 
     def record(

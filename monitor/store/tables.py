@@ -129,3 +129,55 @@ class EventRow(Base):
     message: Mapped[str] = mapped_column(Text)
     switch_id: Mapped[int | None] = mapped_column(ForeignKey("switches.id"))
     details: Mapped[str | None] = mapped_column(Text)  # JSON, redacted
+
+
+class IncidentRow(Base):
+    """One story per group: opened by the first critical event, closed by a resolution."""
+
+    __tablename__ = "incidents"
+    __table_args__ = (Index("ix_incidents_group_open", "group_name", "closed_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    group_name: Mapped[str] = mapped_column(String(200))
+    opened_at: Mapped[float] = mapped_column(Float)
+    closed_at: Mapped[float | None] = mapped_column(Float)
+    severity: Mapped[int] = mapped_column(Integer)
+    title: Mapped[str] = mapped_column(Text)
+    last_sent_at: Mapped[float] = mapped_column(Float)  # for reminders
+
+
+class OutboxRow(Base):
+    """One alert for one target, written with the event; delivered by a separate job."""
+
+    __tablename__ = "alert_outbox"
+    __table_args__ = (Index("ix_alert_outbox_due", "status", "next_attempt_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    event_id: Mapped[int | None] = mapped_column(ForeignKey("events.id"))
+    incident_id: Mapped[int | None] = mapped_column(ForeignKey("incidents.id"))
+    group_name: Mapped[str] = mapped_column(String(200))
+    kind: Mapped[str] = mapped_column(String(32))
+    target_id: Mapped[str] = mapped_column(String(32))  # hash of the apprise URL
+    severity: Mapped[int] = mapped_column(Integer)
+    notify_type: Mapped[str] = mapped_column(String(16))
+    title: Mapped[str] = mapped_column(Text)
+    body: Mapped[str] = mapped_column(Text)
+    status: Mapped[str] = mapped_column(String(16))  # pending | delivered | failed
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    created_at: Mapped[float] = mapped_column(Float)
+    next_attempt_at: Mapped[float] = mapped_column(Float)
+    delivered_at: Mapped[float | None] = mapped_column(Float)
+    last_error: Mapped[str | None] = mapped_column(Text)
+
+
+class AttemptRow(Base):
+    """Every delivery attempt and how it went."""
+
+    __tablename__ = "alert_attempts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    outbox_id: Mapped[int] = mapped_column(ForeignKey("alert_outbox.id", ondelete="CASCADE"))
+    at: Mapped[float] = mapped_column(Float)
+    ok: Mapped[bool] = mapped_column(Boolean)
+    error: Mapped[str | None] = mapped_column(Text)
+    elapsed_ms: Mapped[float] = mapped_column(Float)

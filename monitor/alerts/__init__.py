@@ -1,0 +1,1 @@
+"""Alerts: targets (apprise URLs), rendering, and delivery from the outbox."""

@@ -1,0 +1,78 @@
+"""Alert text: a one-line title and a short body, built from an event. Pure, redacted."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.domain.alerts import Effect, Rule
+from monitor.redact import redact
+
+HEADLINES = {
+    "failover": "failed over",
+    "failover_failed": "failover FAILED",
+    "all_down": "all endpoints down",
+    "isolated": "monitor looks cut off; switching nothing",
+    "flapping": "flapping; switching frozen",
+    "preflight_failed": "no fallback passed pre-flight",
+    "endpoint_down": "a fallback is down",
+    "auth_error": "an endpoint rejects its API key",
+    "drift": "changed outside the monitor",
+    "primary_recovered": "primary is back; failback is manual",
+    "switch_abandoned": "an interrupted switch was not applied",
+    "model_mismatch": "model name differs from Convai's",
+    "not_registered": "no longer registered in Convai",
+    "failback": "failed back; resolved",
+    "recovered": "recovered; resolved",
+    "manual": "switched by an operator",
+    "endpoint_up": "a fallback is back",
+    "dry_run": "would switch (dry run)",
+    "reminder": "still unresolved",
+    "test": "test notification",
+}
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%SZ")
+
+
+def render(
+    *,
+    kind: str,
+    group: str,
+    message: str,
+    details: dict[str, Any] | None,
+    rule: Rule,
+    incident: int | None,
+    opened_at: float | None = None,
+    prefix: str | None = None,
+    drill: bool = False,
+) -> tuple[str, str]:
+    details = details or {}
+    tag = "DRILL " if drill else ""
+    label = "RESOLVED" if rule.effect is Effect.CLOSE else rule.severity.label.upper()
+    head = f"{prefix} " if prefix else ""
+    title = f"{tag}[{label}] {head}{group}: {HEADLINES.get(kind, kind)}"
+    lines = [message]
+    probes = details.get("failed_probes") or []
+    if probes:
+        lines.append("Last failed probes:")
+        for probe in probes[-5:]:
+            status = probe.get("http_status")
+            lines.append(
+                f"  {_clock(float(probe['at']))} {probe.get('outcome')}"
+                + (f" (HTTP {status})" if status else "")
+                + (f": {probe['detail']}" if probe.get("detail") else "")
+            )
+    if details.get("detection_to_switch_s") is not None:
+        lines.append(f"Detection to switch: {details['detection_to_switch_s']}s")
+    if details.get("transaction_id"):
+        lines.append(f"Convai transactionID: {details['transaction_id']}")
+    if details.get("command"):
+        lines.append(f"To act: {details['command']}")
+    if incident is not None:
+        since = f", open since {_clock(opened_at)}" if opened_at else ""
+        lines.append(f"Incident #{incident}{since}")
+    if drill:
+        lines.append("This is a drill: nothing was changed in Convai.")
+    return redact(title), redact("\n".join(lines))
