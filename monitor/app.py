@@ -10,14 +10,17 @@ from contextlib import suppress
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
+from monitor.alerts.delivery import Deliverer, Notifier
 from monitor.config import Config, ConfigError, Target, build_targets
 from monitor.convai import ConvaiClient
 from monitor.domain.outcome import ProbeResult
 from monitor.probes import ChatProber
 from monitor.runtime.failover import Engine
+from monitor.runtime.jobs import Jobs
 from monitor.runtime.monitor import Monitor
 from monitor.runtime.recorder import Recorder
 from monitor.store import Store
+from monitor.store.outbox import Deliveries, Outbox
 from monitor.store.switching import SwitchLog
 
 log = structlog.get_logger()
@@ -28,10 +31,13 @@ MAINTENANCE_INTERVAL = 300.0
 DRAIN_TIMEOUT = 3.0
 # A switch in flight gets longer to finish than a probe: half a switch is worse.
 SWITCH_DRAIN_TIMEOUT = 6.0
+FINAL_DELIVERY_TIMEOUT = 2.0
 # Groups are re-evaluated this often (failback timers, pin expiry, retries), besides
 # immediately on every health transition.
 DECIDE_INTERVAL = 1.0
 MIN_DECIDE_INTERVAL = 0.1
+# How often the outbox is checked for alerts to deliver.
+ALERT_POLL_INTERVAL = 0.5
 
 
 def convai_client(config: Config) -> ConvaiClient:
@@ -82,6 +88,13 @@ async def check(config: Config, group: str | None = None) -> list[ProbeResult]:
         await prober.aclose()
 
 
+def switch_log(config: Config, store: Store, notifier: Notifier | None = None) -> SwitchLog:
+    """The audit log, queueing alerts for the configured targets with every event."""
+    notifier = notifier or Notifier(config.alerts)
+    outbox = Outbox(notifier.routes(config.alerts), prefix=config.alerts.prefix)
+    return SwitchLog(store, outbox)
+
+
 def open_store(config: Config, migrate: bool = True) -> Store:
     store = Store(config.storage.url)
     if migrate:
@@ -102,6 +115,7 @@ class Daemon:
         self.stopping = asyncio.Event()
         self.monitor: Monitor | None = None
         self.engine: Engine | None = None
+        self.deliverer: Deliverer | None = None
         self.ready = asyncio.Event()
 
     def request_stop(self) -> None:
@@ -117,6 +131,7 @@ class Daemon:
         prober = ChatProber(config.probes.max_in_flight, config.probes.max_body_bytes)
         recorder = Recorder(store)
         scheduler = AsyncIOScheduler(timezone="UTC")
+        jobs = Jobs()
         try:
             targets = await resolve_targets(config, convai)
             ids = await recorder.call(
@@ -127,11 +142,18 @@ class Daemon:
             self.monitor = monitor
             recorder.start()
             monitor.targets.update({(t.group, t.endpoint): t for t in targets})
+            notifier = Notifier(config.alerts)
+            switches = switch_log(config, store, notifier)
+            assert switches.outbox is not None
+            deliverer = Deliverer(
+                config.alerts, notifier, Deliveries(store), switches.outbox, recorder.call
+            )
+            self.deliverer = deliverer
             engine = Engine(
                 config,
                 monitor,
                 convai,
-                SwitchLog(store),
+                switches,
                 dry_run=self.dry_run,
                 register=self.register,
             )
@@ -144,7 +166,7 @@ class Daemon:
             fastest = min(g.policy.fast_interval for g in config.groups)
             decide_every = min(DECIDE_INTERVAL, max(MIN_DECIDE_INTERVAL, fastest))
             scheduler.add_job(
-                engine.tick,
+                jobs.wrap(engine.tick),
                 "interval",
                 seconds=decide_every,
                 id="decide",
@@ -153,7 +175,7 @@ class Daemon:
                 max_instances=1,
             )
             scheduler.add_job(
-                engine.sync,
+                jobs.wrap(engine.sync),
                 "interval",
                 seconds=config.convai.sync_interval,
                 id="sync",
@@ -162,7 +184,25 @@ class Daemon:
                 max_instances=1,
             )
             scheduler.add_job(
-                self._maintain,
+                jobs.wrap(deliverer.run_once),
+                "interval",
+                seconds=ALERT_POLL_INTERVAL,
+                id="alerts",
+                misfire_grace_time=None,
+                coalesce=True,
+                max_instances=1,
+            )
+            scheduler.add_job(
+                jobs.wrap(deliverer.remind),
+                "interval",
+                seconds=max(0.1, min(60.0, config.alerts.reminder_interval / 4)),
+                id="reminders",
+                misfire_grace_time=None,
+                coalesce=True,
+                max_instances=1,
+            )
+            scheduler.add_job(
+                jobs.wrap(self._maintain),
                 "interval",
                 seconds=MAINTENANCE_INTERVAL,
                 id="maintenance",
@@ -187,12 +227,18 @@ class Daemon:
             # shut the scheduler down: its shutdown cancels running jobs outright.
             if scheduler.running:
                 scheduler.pause()
+            await jobs.drain(SWITCH_DRAIN_TIMEOUT)
             if self.engine is not None:
                 await self.engine.drain(SWITCH_DRAIN_TIMEOUT)
             if self.monitor is not None:
                 await self.monitor.drain(DRAIN_TIMEOUT)
             if scheduler.running:
                 scheduler.shutdown(wait=False)
+            if self.deliverer is not None:
+                # One last pass, so the page about what just happened is not left behind.
+                with suppress(Exception):
+                    await asyncio.wait_for(self.deliverer.run_once(), FINAL_DELIVERY_TIMEOUT)
+                self.deliverer.close()
             await recorder.close()
             await prober.aclose()
             await convai.aclose()

@@ -145,6 +145,16 @@ def cmd_status(args: argparse.Namespace) -> int:
     _out("(* = active endpoint)")
     for group in report["unmonitored"]:
         _out(f"unmonitored: {group['model_group_name']} ({group['base_url']}) is not in the config")
+    alerts = report["alerts"]
+    _out(
+        f"alerts: {alerts['delivered']} delivered, {alerts['pending']} pending, "
+        f"{alerts['failed']} failed"
+    )
+    if alerts["last_failure"]:
+        failure = alerts["last_failure"]
+        _out(
+            f"  last failed delivery: {failure['kind']} for {failure['group']}: {failure['error']}"
+        )
     return EXIT_OK
 
 
@@ -371,6 +381,32 @@ def cmd_models(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_alerts_test(args: argparse.Namespace) -> int:
+    from monitor.alerts.delivery import Notifier
+    from monitor.alerts.targets import target_id
+
+    config = _config(args)
+    if not config.alerts.targets:
+        raise UsageError("no alerts.targets in the config")
+    notifier = Notifier(config.alerts)
+    failures = 0
+    for target in config.alerts.targets:
+        key = target_id(target.url.get_secret_value())
+        result = notifier.send(
+            key,
+            "[TEST] convai-monitor test notification",
+            "This is a test from `convai-monitor alerts test`. If you can read it, this "
+            f"target receives alerts of severity {target.min_severity} and above.",
+            "info",
+        )
+        if result.ok:
+            _out(f"{notifier.name(key)}: delivered in {result.elapsed_ms:.0f}ms")
+        else:
+            failures += 1
+            _out(f"{notifier.name(key)}: FAILED: {result.error}")
+    return EXIT_OK if failures == 0 else EXIT_UNHEALTHY
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.app import Daemon, open_store
 
@@ -461,6 +497,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(ex)
     ex.add_argument("group", metavar="GROUP")
     ex.set_defaults(func=cmd_explain)
+
+    alerts = commands.add_parser("alerts", help="alert targets")
+    alert_commands = alerts.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
+    alert_commands.required = True
+    at = alert_commands.add_parser("test", help="send a test notification to every target")
+    _add_config(at)
+    at.set_defaults(func=cmd_alerts_test)
 
     models = commands.add_parser("models", help="Convai's model groups (/llm-models/*)")
     model_commands = models.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)

@@ -87,3 +87,6 @@ def setup_logging(
     # APScheduler warns once per skipped run; the monitor counts those itself and logs
     # a summary (probe_runs_missed), so only its errors come through.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
+    # apprise logs each failed send with the target's address; the delivery job records
+    # every attempt itself (redacted), so apprise's own chatter stays out.
+    logging.getLogger("apprise").setLevel(logging.CRITICAL)

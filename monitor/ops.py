@@ -66,9 +66,11 @@ async def manual_failover(
     *,
     force: bool,
 ) -> ManualResult:
+    from monitor.app import switch_log
+
     group = require_group(config, group_name)
     require_endpoint(group, to)
-    switches = SwitchLog(store)
+    switches = switch_log(config, store)
     listing = await convai.list_models()
     registered = listing.get(group_name)
     if registered is None:
@@ -106,6 +108,7 @@ async def manual_failover(
                 candidates=(targets[to],),
                 reason=f"operator switched to {to}" + (" (pre-flight skipped)" if force else ""),
                 preflight=not force,
+                details={"to_primary": to == group.primary.name},
             ),
             registered.base_url,
         )

@@ -10,6 +10,7 @@ from monitor.config import Config
 from monitor.domain.health import Health
 from monitor.domain.outcome import ProbeResult
 from monitor.store import Store
+from monitor.store.outbox import Deliveries
 from monitor.store.switching import GroupRecord, SwitchLog
 
 WINDOWS = {"1h": 3600.0, "24h": 86400.0}
@@ -117,7 +118,18 @@ def status_report(config: Config, store: Store, now: float) -> dict[str, Any]:
         for r in records.values()
         if not r.monitored and config.group(r.name) is None
     ]
-    return {"generated_at": iso(now), "groups": groups, "unmonitored": unmonitored}
+    deliveries = Deliveries(store).summary()
+    return {
+        "generated_at": iso(now),
+        "groups": groups,
+        "unmonitored": unmonitored,
+        "alerts": {
+            "pending": deliveries.pending,
+            "delivered": deliveries.delivered,
+            "failed": deliveries.failed,
+            "last_failure": deliveries.last_failure,
+        },
+    }
 
 
 def _state(record: GroupRecord | None, pinned: bool) -> str | None:

@@ -183,13 +183,28 @@ def test_load_missing_file_and_env_default(tmp_path: Path, monkeypatch: pytest.M
 
 
 def test_example_config_loads(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    for name in ("CONVAI_API_KEY", "VLLM_API_KEY", "OPENAI_API_KEY", "SLACK_WEBHOOK_URL"):
+    for name in ("CONVAI_API_KEY", "VLLM_API_KEY", "OPENAI_API_KEY"):
         monkeypatch.setenv(name, f"example-{name.lower()}")
+    monkeypatch.setenv("SLACK_WEBHOOK_URL", "slack://T1JJ3T3L2/A1BRTD4JD/TIiajkdnlazkcOXrIdevi7FQ")
     monkeypatch.setenv("PAGERDUTY_URL", "json://127.0.0.1:9/pd")
     monkeypatch.setenv("CREDENTIALS_DIRECTORY", str(tmp_path))
     (tmp_path / "openai").write_text("sk-example\n")
     config = load_config(REPO / "config" / "convai-monitor.example.yaml")
     assert [g.model_group_name for g in config.groups] == ["my-turbo"]
+    assert [t.min_severity for t in config.alerts.targets] == ["info", "critical"]
+
+
+def test_alert_urls_are_checked_but_never_printed() -> None:
+    text = (
+        GOOD
+        + "alerts:\n  targets:\n    - url: notascheme-secret-token-123\n    - url: zz://secret-token-456\n"
+    )
+    found = problems(text)
+    assert found == [
+        "alerts.targets[0].url: not an apprise URL (expected scheme://...)",
+        "alerts.targets[1].url: apprise does not understand this zz:// URL",
+    ]
+    assert not any("secret-token" in line for line in found)
 
 
 @pytest.mark.parametrize(

@@ -73,6 +73,14 @@ def test_installed_package_migrates_a_fresh_database(tmp_path: Path) -> None:
         journal = conn.execute("pragma journal_mode").fetchone()[0]
     finally:
         conn.close()
-    assert {"endpoints", "probe_results", "rollups", "groups", "switches", "events"} <= tables
-    assert version == "0002"
+    assert {
+        "endpoints",
+        "probe_results",
+        "rollups",
+        "groups",
+        "switches",
+        "events",
+        "alert_outbox",
+    } <= tables
+    assert version == "0003"
     assert journal == "wal"

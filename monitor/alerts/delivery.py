@@ -79,6 +79,7 @@ class Notifier:
         client = self._apprise.get(key)
         if client is None:
             return SendResult(False, "target is no longer configured", 0.0)
+        error: str | None
         try:
             result = client.notify(body=body, title=title, notify_type=notify_type)
         except Exception as exc:  # a plugin bug must not kill the delivery job
@@ -154,14 +155,18 @@ class Deliverer:
                 retry_at=retry_at,
             )
             bound = log.bind(
-                group=delivery.group, alert=delivery.kind, target=self.notifier.name(delivery.target_id)
+                group=delivery.group,
+                alert=delivery.kind,
+                target=self.notifier.name(delivery.target_id),
             )
             if status == DELIVERED:
                 self.sent += 1
                 bound.info("alert_delivered", attempts=delivery.attempts + 1)
             elif retry_at is None:
                 self.failed += 1
-                bound.error("alert_delivery_failed", attempts=delivery.attempts + 1, error=result.error)
+                bound.error(
+                    "alert_delivery_failed", attempts=delivery.attempts + 1, error=result.error
+                )
             else:
                 bound.warning(
                     "alert_delivery_retry",

@@ -31,6 +31,8 @@ def check_url(url: str) -> None:
     """Raise ValueError (without the URL in it) unless apprise understands the URL."""
     if not url.strip():
         raise ValueError("must not be empty")
+    if "://" not in url:
+        raise ValueError("not an apprise URL (expected scheme://...)")
     if apprise.Apprise.instantiate(url, suppress_exceptions=True) is None:
         raise ValueError(f"apprise does not understand this {scheme(url)}:// URL")
 

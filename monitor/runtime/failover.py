@@ -85,6 +85,10 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconciled = False
         self._isolated = False
+        # Where each group points, as of the last evaluation or sync (for notices).
+        self.active: dict[str, str | None] = {}
+        self._auth_flagged: set[tuple[str, str]] = set()
+        self._down_noticed: set[tuple[str, str]] = set()
         self.convai_reachable = True
 
     # --- start-up ----------------------------------------------------------------------
@@ -256,6 +260,7 @@ class Engine:
             active_endpoint=endpoint,
             at=now,
         )
+        self.active[name] = endpoint
         if group.model_name and group.model_name != model_name:
             await self._condition(
                 name,
@@ -280,7 +285,8 @@ class Engine:
     async def on_result(
         self, target: Target, result: ProbeResult, state: HealthState, transition: Transition | None
     ) -> None:
-        evidence = self._evidence.setdefault((target.group, target.endpoint), _Evidence())
+        key = (target.group, target.endpoint)
+        evidence = self._evidence.setdefault(key, _Evidence())
         verdict = result.outcome.verdict
         if verdict is Verdict.FAIL:
             if evidence.first_failure_at is None:
@@ -289,8 +295,90 @@ class Engine:
         elif verdict is Verdict.PASS:
             evidence.first_failure_at = None
             evidence.recent.clear()
+        notice = self._notice(target, result, transition)
+        if notice is not None:
+            self._background(self._note(target.group, *notice), f"note:{target.group}")
         if transition is not None:
             self.spawn(target.group)
+
+    def _notice(
+        self, target: Target, result: ProbeResult, transition: Transition | None
+    ) -> tuple[str, str, dict[str, Any]] | None:
+        """What on-call should hear about one endpoint, beyond the group's switches."""
+        key = (target.group, target.endpoint)
+        details: dict[str, Any] = {"endpoint": target.endpoint, "outcome": result.outcome.value}
+        if result.outcome is Outcome.AUTH_ERROR:
+            if key in self._auth_flagged:
+                return None
+            self._auth_flagged.add(key)
+            return (
+                "auth_error",
+                f"{target.endpoint} of {target.group} rejects its API key "
+                f"(HTTP {result.http_status}): a revoked or wrong key, not an outage of the "
+                "endpoint. Fix the key in the config and reload.",
+                details,
+            )
+        if result.outcome.verdict is Verdict.PASS:
+            self._auth_flagged.discard(key)
+        if transition is None or not self._standby(target):
+            # The active endpoint's story, and that of better endpoints the group will
+            # return to, is told by the failover, failback and recovery events.
+            return None
+        if transition.after is Health.DOWN:
+            self._down_noticed.add(key)
+            if result.outcome is Outcome.MODEL_NOT_FOUND:
+                text = (
+                    f"fallback {target.endpoint} of {target.group} does not serve the group's "
+                    f"model {target.model}: a failover to it would break every character"
+                )
+            else:
+                others = [
+                    t.endpoint
+                    for k, t in self.monitor.targets.items()
+                    if t.group == target.group
+                    and t.endpoint not in (target.endpoint, self.active.get(target.group))
+                    and self.monitor.states.get(k, HealthState()).health is Health.UP
+                ]
+                tail = (
+                    "a failover would have nowhere to go"
+                    if not others
+                    else f"failover would still have {', '.join(others)}"
+                )
+                text = (
+                    f"fallback {target.endpoint} of {target.group} is down "
+                    f"({result.outcome.value}): {tail}"
+                )
+            return ("endpoint_down", text, details)
+        if transition.after is Health.UP and key in self._down_noticed:
+            self._down_noticed.discard(key)
+            return (
+                "endpoint_up",
+                f"fallback {target.endpoint} of {target.group} is up again",
+                details,
+            )
+        return None
+
+    def _standby(self, target: Target) -> bool:
+        """A fallback below the active endpoint: what a failover would go to."""
+        active = self.active.get(target.group)
+        rank = next(
+            (
+                t.priority
+                for t in self.monitor.targets.values()
+                if t.group == target.group and t.endpoint == active
+            ),
+            None,
+        )
+        return rank is not None and target.priority > rank
+
+    async def _note(self, group: str, kind: str, message: str, details: dict[str, Any]) -> None:
+        await self.call(self.switches.record, group, kind, message, time.time(), details=details)
+        log.warning(kind, group=group, reason=message)
+
+    def _background(self, coro: Any, name: str) -> None:
+        task = asyncio.create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def spawn(self, group: str) -> None:
         """Evaluate a group soon, without making the caller (a probe) wait."""
@@ -323,6 +411,7 @@ class Engine:
         record: GroupRecord | None = await self.call(self.switches.group, name)
         if record is None:
             return
+        self.active[name] = record.active_endpoint
         switch_times = await self.call(self.switches.switch_times, name, now - HOUR)
         view = self._view(group, record, switch_times, isolated=False)
         decision = decide(view, now)
@@ -432,10 +521,22 @@ class Engine:
                     name, "recovered", f"recovered: {decision.reason}", now, clear=True
                 )
             return
-        await self._condition(name, decision.action.value, decision.reason, now)
+        details = None
+        if decision.action is Action.PRIMARY_RECOVERED and decision.candidates:
+            details = {
+                "command": f"convai-monitor failover -c CONFIG {name} --to {decision.candidates[0]}"
+            }
+        await self._condition(name, decision.action.value, decision.reason, now, details=details)
 
     async def _condition(
-        self, group: str, kind: str, message: str, now: float, *, clear: bool = False
+        self,
+        group: str,
+        kind: str,
+        message: str,
+        now: float,
+        *,
+        clear: bool = False,
+        details: dict[str, Any] | None = None,
     ) -> None:
         """Record a lasting condition once, when it starts (not on every evaluation)."""
         record: GroupRecord | None = await self.call(self.switches.group, group)
@@ -450,6 +551,7 @@ class Engine:
             now,
             condition=None if clear else kind,
             set_condition=True,
+            details=details,
         )
         level = log.info if clear else log.warning
         level(kind, group=group, reason=message)
@@ -507,9 +609,7 @@ class Engine:
         elif outcome.status == "drift":
             # Convai moved under us: re-read it (outside this group's lock, which sync
             # takes), adopt, and decide again on the next tick.
-            task = asyncio.create_task(self.sync(), name=f"sync-after-drift:{name}")
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._background(self.sync(), f"sync-after-drift:{name}")
 
 
 def _reason(decision: Decision, evidence: _Evidence) -> str:

@@ -246,7 +246,7 @@ class Monitor:
     def _on_error(self, event: JobEvent) -> None:
         self.counters.errors += 1
         exception = getattr(event, "exception", None)
-        log.error("probe_job_failed", job=event.job_id, error=repr(exception))
+        log.error("job_failed", job=event.job_id, error=repr(exception))
 
     # --- lifecycle ---------------------------------------------------------------------
 

@@ -64,8 +64,17 @@ class Outbox:
         if rule is None:
             return 0
         incident = self._incident(session, event, rule)
-        return self._write(session, event.group_name, event.kind, event.message, details, rule,
-                           incident, event.at, event.id)
+        return self._write(
+            session,
+            event.group_name,
+            event.kind,
+            event.message,
+            details,
+            rule,
+            incident,
+            event.at,
+            event.id,
+        )
 
     def _incident(self, session: Session, event: EventRow, rule: Rule) -> IncidentRow | None:
         incident = session.scalars(
@@ -175,8 +184,15 @@ class Deliveries:
             ).all()
             return [
                 Delivery(
-                    r.id, r.target_id, r.title, r.body, r.notify_type, r.attempts, r.created_at,
-                    r.group_name, r.kind,
+                    r.id,
+                    r.target_id,
+                    r.title,
+                    r.body,
+                    r.notify_type,
+                    r.attempts,
+                    r.created_at,
+                    r.group_name,
+                    r.kind,
                 )
                 for r in rows
             ]
@@ -195,8 +211,9 @@ class Deliveries:
         with self.store.session() as session, session.begin():
             row = session.get_one(OutboxRow, outbox_id)
             row.attempts += 1
-            session.add(AttemptRow(outbox_id=outbox_id, at=at, ok=ok, error=error,
-                                   elapsed_ms=elapsed_ms))
+            session.add(
+                AttemptRow(outbox_id=outbox_id, at=at, ok=ok, error=error, elapsed_ms=elapsed_ms)
+            )
             if ok:
                 row.status, row.delivered_at, row.last_error = DELIVERED, at, None
             elif retry_at is None:
@@ -257,5 +274,3 @@ class Deliveries:
                 }
                 for r in session.scalars(select(OutboxRow).order_by(OutboxRow.id))
             ]
-
-
