@@ -88,10 +88,12 @@ async def check(config: Config, group: str | None = None) -> list[ProbeResult]:
         await prober.aclose()
 
 
-def switch_log(config: Config, store: Store, notifier: Notifier | None = None) -> SwitchLog:
+def switch_log(
+    config: Config, store: Store, notifier: Notifier | None = None, *, drill: bool = False
+) -> SwitchLog:
     """The audit log, queueing alerts for the configured targets with every event."""
     notifier = notifier or Notifier(config.alerts)
-    outbox = Outbox(notifier.routes(config.alerts), prefix=config.alerts.prefix)
+    outbox = Outbox(notifier.routes(config.alerts), prefix=config.alerts.prefix, drill=drill)
     return SwitchLog(store, outbox)
 
 
@@ -106,10 +108,17 @@ class Daemon:
     """`convai-monitor run`: probes on a schedule until told to stop."""
 
     def __init__(
-        self, config: Config, store: Store, *, dry_run: bool = False, register: bool = False
+        self,
+        config: Config,
+        store: Store,
+        *,
+        dry_run: bool = False,
+        register: bool = False,
+        drill: bool = False,
     ) -> None:
         self.config = config
         self.store = store
+        self.drill = drill
         self.dry_run = dry_run or config.dry_run
         self.register = register
         self.stopping = asyncio.Event()
@@ -143,7 +152,7 @@ class Daemon:
             recorder.start()
             monitor.targets.update({(t.group, t.endpoint): t for t in targets})
             notifier = Notifier(config.alerts)
-            switches = switch_log(config, store, notifier)
+            switches = switch_log(config, store, notifier, drill=self.drill)
             assert switches.outbox is not None
             deliverer = Deliverer(
                 config.alerts, notifier, Deliveries(store), switches.outbox, recorder.call

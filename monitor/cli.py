@@ -407,6 +407,39 @@ def cmd_alerts_test(args: argparse.Namespace) -> int:
     return EXIT_OK if failures == 0 else EXIT_UNHEALTHY
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from monitor.drill import demo
+
+    setup_logging("critical")  # the drill's own lines tell the story
+    if args.keep_running:
+        folder = Path(args.dir or "convai-monitor-demo").resolve()
+        folder.mkdir(parents=True, exist_ok=True)
+        try:
+            return int(asyncio.run(demo(sys.stdout, folder, keep_running=True)))
+        except KeyboardInterrupt:
+            return EXIT_OK
+    with tempfile.TemporaryDirectory(prefix="convai-monitor-demo-") as tmp:
+        return int(asyncio.run(demo(sys.stdout, Path(tmp))))
+
+
+def cmd_drill(args: argparse.Namespace) -> int:
+    import tempfile
+    from pathlib import Path
+
+    from monitor.drill import DrillFailed, drill
+
+    config = _config(args)
+    setup_logging("critical")
+    with tempfile.TemporaryDirectory(prefix="convai-monitor-drill-") as tmp:
+        try:
+            return int(asyncio.run(drill(config, args.group, sys.stdout, Path(tmp))))
+        except DrillFailed as exc:
+            raise UsageError(str(exc)) from None
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     from monitor.app import Daemon, open_store
 
@@ -497,6 +530,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(ex)
     ex.add_argument("group", metavar="GROUP")
     ex.set_defaults(func=cmd_explain)
+
+    dm = commands.add_parser("demo", help="an outage drill on loopback: nothing to configure")
+    dm.add_argument(
+        "--keep-running",
+        action="store_true",
+        help="leave the simulated world up afterwards, with a ready config file",
+    )
+    dm.add_argument("--dir", metavar="DIR", help="where --keep-running writes its config")
+    dm.set_defaults(func=cmd_demo)
+
+    dr = commands.add_parser("drill", help="a group's real config against simulated endpoints")
+    _add_config(dr)
+    dr.add_argument("group", metavar="GROUP")
+    dr.set_defaults(func=cmd_drill)
 
     alerts = commands.add_parser("alerts", help="alert targets")
     alert_commands = alerts.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)

@@ -137,7 +137,11 @@ async def test_outage_is_one_story_routed_by_severity(
         )
     everything = kinds(receiver, "all")
     paged = kinds(receiver, "pager")
-    assert paged == [f"[CRITICAL] {GROUP}: failed over"]  # the pager only gets criticals
+    # The pager gets criticals, and the resolution of the incident it was paged for.
+    assert paged == [
+        f"[CRITICAL] {GROUP}: failed over",
+        f"[RESOLVED] {GROUP}: failed back; resolved",
+    ]
     assert everything == [
         f"[WARNING] {GROUP}: a fallback is down",
         f"[CRITICAL] {GROUP}: failed over",
@@ -227,7 +231,8 @@ async def test_reminders_repeat_an_open_critical_incident(
     paged = kinds(receiver, "pager")
     assert paged[0] == f"[CRITICAL] {GROUP}: all endpoints down"
     assert paged.count(f"[CRITICAL] {GROUP}: all endpoints down") == 1  # one incident, not a storm
-    assert all("still unresolved" in t for t in paged[1:])
+    assert all("still unresolved" in t for t in paged[1:-1])
+    assert paged[-1] == f"[RESOLVED] {GROUP}: recovered; resolved"
 
 
 async def test_auth_error_is_a_warning_not_an_outage(world: World, receiver: AlertReceiver) -> None:

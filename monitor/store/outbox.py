@@ -125,9 +125,14 @@ class Outbox:
             prefix=self.prefix,
             drill=self.drill,
         )
+        # A resolution goes wherever the incident's alerts went: the pager that was told
+        # of the outage must be told it is over.
+        reach = rule.severity
+        if rule.effect is Effect.CLOSE and incident is not None:
+            reach = max(reach, Severity(incident.severity))
         written = 0
         for route in self.routes:
-            if not routed(rule.severity, route.min_severity):
+            if not routed(reach, route.min_severity):
                 continue
             session.add(
                 OutboxRow(

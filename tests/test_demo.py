@@ -1,0 +1,80 @@
+"""`convai-monitor demo` and `drill`: the outage drill doubles as a smoke test."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from monitor.cli import main
+from monitor.sim.receiver import AlertReceiver
+from tests.conftest import config_dict, write_config
+
+
+def test_demo_runs_the_whole_story() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "monitor", "demo"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for line in (
+        "endpoint_down    fallback backup of demo-turbo does not serve the group's model",
+        "failover         failover vllm -> openai",
+        "failback         failback openai -> vllm",
+        "detection (first failed probe -> switch)",
+        "alerts delivered",
+        "Active endpoint over time:",
+        "pager   [CRITICAL] demo-turbo: failed over",
+        "pager   [RESOLVED] demo-turbo: failed back; resolved",
+        "Drill passed",
+    ):
+        assert line in out
+    assert "Traceback" not in result.stderr
+
+
+def test_drill_uses_the_real_targets_and_marks_alerts(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with AlertReceiver() as receiver:
+        group = {
+            "model_group_name": "prod-turbo",
+            "model_name": "gpt-4o-mini",
+            "endpoints": [
+                {"name": "primary", "base_url": "https://llm.invalid/v1", "api_key": "k-1234567"},
+                {"name": "spare", "base_url": "https://spare.invalid/v1", "api_key": "k-7654321"},
+            ],
+        }
+        data = config_dict(tmp_path, [group], "https://api.convai.invalid")
+        data["alerts"] = {"targets": [{"url": receiver.url("pager"), "min_severity": "critical"}]}
+        code = main(["drill", "-c", str(write_config(tmp_path, data)), "prod-turbo"])
+        out = capsys.readouterr().out
+        titles = [r.title for r in receiver.received]
+        messages = [r.message for r in receiver.received]
+    assert code == 0, out
+    assert "failover         failover primary -> spare" in out
+    assert titles == [
+        "DRILL [CRITICAL] prod-turbo: failed over",
+        "DRILL [RESOLVED] prod-turbo: failed back; resolved",
+    ]
+    assert "This is a drill" in messages[0]
+    # The real database was never touched.
+    assert not (tmp_path / "monitor.db").exists()
+
+
+def test_drill_needs_a_fallback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    group = {
+        "model_group_name": "solo",
+        "model_name": "m",
+        "endpoints": [{"name": "only", "base_url": "https://x.invalid/v1", "api_key": "k-1234567"}],
+    }
+    code = main(
+        ["drill", "-c", str(write_config(tmp_path, config_dict(tmp_path, [group]))), "solo"]
+    )
+    assert code == 2
+    assert "nothing to fail over to" in capsys.readouterr().err
