@@ -8,7 +8,7 @@ real alert targets, and alerts marked as a drill. Neither touches the real Conva
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -324,29 +324,62 @@ async def demo(out: TextIO, folder: Path, keep_running: bool = False) -> int:
                 file=out,
             )
         if keep_running:
-            await _keep_running(world, path, out)
+            await _keep_running(world, out)
         return 1 if problems else 0
     finally:
         world.stop()
 
 
-async def _keep_running(world: World, path: Path, out: TextIO) -> None:
+PLAY_POLICY = {
+    "interval": 2.0,
+    "fast_interval": 0.5,
+    "timeout": 1.5,
+    "fall": 3,
+    "rise": 2,
+    "failback": "auto",
+    "failback_after": 10.0,
+    "min_dwell": 5.0,
+}
+PLAY_COMMANDS = {
+    "down": Behaviour.REFUSE,
+    "up": Behaviour.OK,
+    "500": Behaviour.HTTP_500,
+    "hang": Behaviour.HANG,
+    "badkey": Behaviour.UNAUTHORIZED,
+}
+
+
+async def _keep_running(world: World, out: TextIO) -> None:
+    """Leave the world up with a calmer config, and let the user break things."""
+    data = demo_config(world, world.folder / "play.db")
+    data["defaults"] = dict(PLAY_POLICY)
+    path = world.folder / "play.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
     print(file=out)
-    print("The simulated world stays up (Ctrl-C to stop it):", file=out)
-    print(
-        f"  Convai API     {world.convai.base_url}  (CONVAI-API-KEY: {DEMO_CONVAI_KEY})", file=out
-    )
-    for name, sim in world.endpoints.items():
-        print(f"  endpoint {name:<6}{sim.base_url}", file=out)
-    if world.receiver is not None:
-        print(f"  alerts         {world.receiver.url('oncall')}", file=out)
-    print(f"  config         {path}", file=out)
-    print(file=out)
+    print("The simulated world stays up. In another terminal:", file=out)
     print(f"  convai-monitor run -c {path}", file=out)
     print(f"  convai-monitor status -c {path}", file=out)
+    print(f"  convai-monitor history -c {path}", file=out)
     print(f"  convai-monitor failover -c {path} {world.group} --to openai", file=out)
-    with contextlib.suppress(asyncio.CancelledError):
-        await asyncio.Event().wait()
+    print(file=out)
+    print(f"  {'Convai API':<17}{world.convai.base_url}  (key {DEMO_CONVAI_KEY})", file=out)
+    for name, sim in world.endpoints.items():
+        print(f"  {'endpoint ' + name:<17}{sim.base_url}", file=out)
+    if world.receiver is not None:
+        print(f"  {'alert receiver':<17}{world.receiver.url('oncall')}", file=out)
+    print(file=out)
+    verbs = "|".join(PLAY_COMMANDS)
+    print(f"Type `{verbs} ENDPOINT` to change an endpoint, `quit` (or Ctrl-C) to stop.", file=out)
+    while True:
+        line = await asyncio.to_thread(sys.stdin.readline)
+        if not line or line.strip() in ("quit", "exit"):
+            return
+        words = line.split()
+        if len(words) != 2 or words[0] not in PLAY_COMMANDS or words[1] not in world.endpoints:
+            print(f"  usage: {verbs} {'|'.join(world.endpoints)}", file=out, flush=True)
+            continue
+        world.endpoints[words[1]].set(PLAY_COMMANDS[words[0]])
+        print(f"  {words[1]}: {PLAY_COMMANDS[words[0]].value}", file=out, flush=True)
 
 
 def drill_config(config: Config, group_name: str, world: World, db: Path) -> Config:
