@@ -6,22 +6,27 @@ import asyncio
 import signal
 import time
 from contextlib import suppress
+from typing import Any
 
 import structlog
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from monitor.alerts.delivery import Deliverer, Notifier
-from monitor.config import Config, ConfigError, Target, build_targets
+from monitor.config import Config, ConfigError, Target, build_targets, load_config
 from monitor.convai import ConvaiClient
+from monitor.domain.health import HealthState
 from monitor.domain.outcome import ProbeResult
+from monitor.metrics import Metrics
 from monitor.probes import ChatProber
 from monitor.runtime.failover import Engine
 from monitor.runtime.jobs import Jobs
 from monitor.runtime.monitor import Monitor
 from monitor.runtime.recorder import Recorder
+from monitor.server import Check, StatusServer
 from monitor.store import Store
 from monitor.store.outbox import Deliveries, Outbox
 from monitor.store.switching import SwitchLog
+from monitor.systemd import SystemdNotify
 
 log = structlog.get_logger()
 
@@ -32,6 +37,10 @@ DRAIN_TIMEOUT = 3.0
 # A switch in flight gets longer to finish than a probe: half a switch is worse.
 SWITCH_DRAIN_TIMEOUT = 6.0
 FINAL_DELIVERY_TIMEOUT = 2.0
+# The loop's proof of life (and systemd watchdog ping, when that is more often).
+HEARTBEAT_INTERVAL = 1.0
+HEALTH_STALE_AFTER = 10.0
+STATUS_EVERY = 10  # seconds between STATUS= updates to systemd
 # Groups are re-evaluated this often (failback timers, pin expiry, retries), besides
 # immediately on every health transition.
 DECIDE_INTERVAL = 1.0
@@ -40,12 +49,13 @@ MIN_DECIDE_INTERVAL = 0.1
 ALERT_POLL_INTERVAL = 0.5
 
 
-def convai_client(config: Config) -> ConvaiClient:
+def convai_client(config: Config, metrics: Metrics | None = None) -> ConvaiClient:
     return ConvaiClient(
         config.convai.base_url,
         config.convai.api_key.get_secret_value(),
         timeout=config.convai.timeout,
         retry_budget=config.convai.retry_budget,
+        on_call=metrics.convai_call if metrics is not None else None,
     )
 
 
@@ -112,42 +122,63 @@ class Daemon:
         config: Config,
         store: Store,
         *,
+        config_path: str | None = None,
         dry_run: bool = False,
         register: bool = False,
         drill: bool = False,
+        notify: SystemdNotify | None = None,
     ) -> None:
         self.config = config
         self.store = store
+        self.config_path = config_path
         self.drill = drill
         self.dry_run = dry_run or config.dry_run
         self.register = register
+        self.notify = notify or SystemdNotify()
         self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
         self.monitor: Monitor | None = None
         self.engine: Engine | None = None
         self.deliverer: Deliverer | None = None
-        self.ready = asyncio.Event()
+        self.server: StatusServer | None = None
+        self.metrics = Metrics()
+        self.scheduler = AsyncIOScheduler(timezone="UTC")
+        self.jobs = Jobs()
+        self.heartbeat = 0.0
+        self.reloads = 0
+        self._tasks: set[asyncio.Task[None]] = set()
 
     def request_stop(self) -> None:
         self.stopping.set()
 
+    def request_reload(self) -> None:
+        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # --- lifecycle ---------------------------------------------------------------------
+
     async def run(self) -> None:
         config, store = self.config, self.store
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
+        handlers = {signal.SIGTERM: self.request_stop, signal.SIGINT: self.request_stop}
+        if self.config_path is not None:
+            handlers[signal.SIGHUP] = self.request_reload
+        for sig, handler in handlers.items():
             with suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self.request_stop)
-        convai = convai_client(config)
+                loop.add_signal_handler(sig, handler)
+        metrics = self.metrics
+        convai = convai_client(config, metrics)
         prober = ChatProber(config.probes.max_in_flight, config.probes.max_body_bytes)
         recorder = Recorder(store)
-        scheduler = AsyncIOScheduler(timezone="UTC")
-        jobs = Jobs()
+        scheduler = self.scheduler
         try:
             targets = await resolve_targets(config, convai)
             ids = await recorder.call(
                 store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
             )
             states = await recorder.call(store.health)
-            monitor = Monitor(scheduler, prober, recorder, ids, states)
+            monitor = Monitor(scheduler, prober, recorder, ids, states, metrics)
             self.monitor = monitor
             recorder.start()
             monitor.targets.update({(t.group, t.endpoint): t for t in targets})
@@ -155,7 +186,12 @@ class Daemon:
             switches = switch_log(config, store, notifier, drill=self.drill)
             assert switches.outbox is not None
             deliverer = Deliverer(
-                config.alerts, notifier, Deliveries(store), switches.outbox, recorder.call
+                config.alerts,
+                notifier,
+                Deliveries(store),
+                switches.outbox,
+                recorder.call,
+                on_attempt=lambda outcome: metrics.alert_deliveries.labels(outcome).inc(),
             )
             self.deliverer = deliverer
             engine = Engine(
@@ -170,55 +206,13 @@ class Daemon:
             # Reconcile interrupted switches and learn where groups point before probing.
             await engine.start()
             monitor.add_targets(targets)
-            # As often as the fastest cadence, within [MIN_DECIDE_INTERVAL, DECIDE_INTERVAL]:
-            # each tick reads every group's record, so sub-100 ms ticks only burn CPU.
-            fastest = min(g.policy.fast_interval for g in config.groups)
-            decide_every = min(DECIDE_INTERVAL, max(MIN_DECIDE_INTERVAL, fastest))
-            scheduler.add_job(
-                jobs.wrap(engine.tick),
-                "interval",
-                seconds=decide_every,
-                id="decide",
-                misfire_grace_time=None,
-                coalesce=True,
-                max_instances=1,
-            )
-            scheduler.add_job(
-                jobs.wrap(engine.sync),
-                "interval",
-                seconds=config.convai.sync_interval,
-                id="sync",
-                misfire_grace_time=None,
-                coalesce=True,
-                max_instances=1,
-            )
-            scheduler.add_job(
-                jobs.wrap(deliverer.run_once),
-                "interval",
-                seconds=ALERT_POLL_INTERVAL,
-                id="alerts",
-                misfire_grace_time=None,
-                coalesce=True,
-                max_instances=1,
-            )
-            scheduler.add_job(
-                jobs.wrap(deliverer.remind),
-                "interval",
-                seconds=max(0.1, min(60.0, config.alerts.reminder_interval / 4)),
-                id="reminders",
-                misfire_grace_time=None,
-                coalesce=True,
-                max_instances=1,
-            )
-            scheduler.add_job(
-                jobs.wrap(self._maintain),
-                "interval",
-                seconds=MAINTENANCE_INTERVAL,
-                id="maintenance",
-                misfire_grace_time=None,
-                coalesce=True,
-                max_instances=1,
-            )
+            self._schedule(config)
+            self.heartbeat = time.time()
+            if config.server.listen:
+                self.server = StatusServer(
+                    config.server.listen, self.health_check, self.ready_check, metrics.render
+                )
+                self.server.start()
             scheduler.start()
             log.info(
                 "daemon_started",
@@ -226,35 +220,195 @@ class Daemon:
                 endpoints=len(targets),
                 database=store.path or "external",
                 dry_run=self.dry_run,
+                listen=f"{self.server.host}:{self.server.port}" if self.server else None,
             )
             await self._maintain()
             self.ready.set()
+            self._background(self._announce_ready())
             await self.stopping.wait()
             log.info("daemon_stopping")
         finally:
+            self.notify.stopping()
             # Stop starting work, let what is in flight finish (a switch especially), then
             # shut the scheduler down: its shutdown cancels running jobs outright.
             if scheduler.running:
                 scheduler.pause()
-            await jobs.drain(SWITCH_DRAIN_TIMEOUT)
+            await self.jobs.drain(SWITCH_DRAIN_TIMEOUT)
             if self.engine is not None:
                 await self.engine.drain(SWITCH_DRAIN_TIMEOUT)
             if self.monitor is not None:
                 await self.monitor.drain(DRAIN_TIMEOUT)
             if scheduler.running:
                 scheduler.shutdown(wait=False)
+            for task in list(self._tasks):
+                task.cancel()
             if self.deliverer is not None:
                 # One last pass, so the page about what just happened is not left behind.
                 with suppress(Exception):
                     await asyncio.wait_for(self.deliverer.run_once(), FINAL_DELIVERY_TIMEOUT)
                 self.deliverer.close()
+            if self.server is not None:
+                self.server.stop()
             await recorder.close()
             await prober.aclose()
             await convai.aclose()
-            for sig in (signal.SIGTERM, signal.SIGINT):
+            for sig in handlers:
                 with suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         log.info("daemon_stopped")
+
+    def _every(self, fn: Any, seconds: float, job_id: str) -> None:
+        self.scheduler.add_job(
+            self.jobs.wrap(fn),
+            "interval",
+            seconds=seconds,
+            id=job_id,
+            replace_existing=True,
+            misfire_grace_time=None,
+            coalesce=True,
+            max_instances=1,
+        )
+
+    def _schedule(self, config: Config) -> None:
+        assert self.engine is not None
+        assert self.deliverer is not None
+        # As often as the fastest cadence, within [MIN_DECIDE_INTERVAL, DECIDE_INTERVAL]:
+        # each tick reads every group's record, so sub-100 ms ticks only burn CPU.
+        fastest = min(g.policy.fast_interval for g in config.groups)
+        self._every(
+            self.engine.tick, min(DECIDE_INTERVAL, max(MIN_DECIDE_INTERVAL, fastest)), "decide"
+        )
+        self._every(self.engine.sync, config.convai.sync_interval, "sync")
+        self._every(self.deliverer.run_once, ALERT_POLL_INTERVAL, "alerts")
+        self._every(
+            self.deliverer.remind,
+            max(0.1, min(60.0, config.alerts.reminder_interval / 4)),
+            "reminders",
+        )
+        self._every(self._maintain, MAINTENANCE_INTERVAL, "maintenance")
+        beat = HEARTBEAT_INTERVAL
+        if self.notify.watchdog_interval is not None:
+            beat = min(beat, self.notify.watchdog_interval)
+        self._every(self._beat, beat, "heartbeat")
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _beat(self) -> None:
+        """Proof of life from the loop itself: a hung loop stops beating and is restarted."""
+        self.heartbeat = time.time()
+        self.notify.watchdog()
+        if int(self.heartbeat) % STATUS_EVERY == 0:
+            self.notify.status(self.summary())
+
+    async def _announce_ready(self) -> None:
+        """READY=1 once every endpoint has been probed (bounded wait)."""
+        assert self.monitor is not None
+        limit = max(g.policy.interval for g in self.config.groups) * 2 + 5
+        with suppress(TimeoutError):
+            await asyncio.wait_for(self.monitor.all_probed.wait(), limit)
+        self.notify.ready(self.summary())
+        log.info("daemon_ready", probed=len(self.monitor.probed))
+
+    def _all_probed(self) -> bool:
+        return self.monitor is not None and set(self.monitor.targets) <= self.monitor.probed
+
+    def summary(self) -> str:
+        """One line for systemd's STATUS=: what is up and where groups point."""
+        if self.monitor is None or self.engine is None:
+            return "starting"
+        states = self.monitor.states
+        up = sum(
+            1 for k in self.monitor.targets if states.get(k) and states[k].health.value == "up"
+        )
+        moved = sum(
+            1
+            for g in self.config.groups
+            if self.engine.active.get(g.model_group_name) not in (None, g.primary.name)
+        )
+        return (
+            f"{len(self.config.groups)} groups, {up}/{len(self.monitor.targets)} endpoints up, "
+            f"{moved} failed over"
+        )
+
+    # --- health and readiness (called from the status server's threads) ----------------
+
+    def health_check(self) -> Check:
+        age = time.time() - self.heartbeat
+        ok = self.scheduler.running and age < HEALTH_STALE_AFTER
+        return Check(
+            ok, {"scheduler_running": self.scheduler.running, "last_tick_age_s": round(age, 3)}
+        )
+
+    def ready_check(self) -> Check:
+        migrated = True  # the daemon does not start before migrations are applied
+        convai = self.engine is not None and self.engine.synced
+        probed = self._all_probed()
+        return Check(
+            migrated and convai and probed,
+            {
+                "database_migrated": migrated,
+                "convai_reached": convai,
+                "all_endpoints_probed": probed,
+            },
+        )
+
+    # --- reload ------------------------------------------------------------------------
+
+    async def reload(self) -> None:
+        """SIGHUP: apply a new config file; keep running on the old one if it is invalid."""
+        assert self.config_path is not None
+        try:
+            config = await asyncio.to_thread(load_config, self.config_path)
+            targets = await resolve_targets(config, self.engine.convai if self.engine else None)
+        except ConfigError as exc:
+            for problem in exc.problems:
+                log.error("config_reload_failed", problem=problem)
+            log.error("config_reload_rejected", kept="the running config")
+            return
+        except Exception as exc:
+            log.error("config_reload_failed", problem=str(exc))
+            return
+        assert self.monitor is not None
+        assert self.engine is not None
+        monitor, engine = self.monitor, self.engine
+        old = dict(monitor.targets)
+        new = {(t.group, t.endpoint): t for t in targets}
+        ids = await monitor.recorder.call(
+            self.store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
+        )
+        states = await monitor.recorder.call(self.store.health)
+        monitor.endpoint_ids.update(ids)
+        removed = [k for k in old if k not in new]
+        changed = [k for k in new if k in old and _differs(old[k], new[k])]
+        added = [k for k in new if k not in old]
+        for key in removed + changed:
+            monitor.remove_target(key)
+        for key in changed:
+            if old[key].base_url != new[key].base_url:
+                # Another URL is another endpoint: its health starts afresh.
+                monitor.states[key] = states.get(key, HealthState())
+        for key in added:
+            monitor.states[key] = states.get(key, HealthState())
+        monitor.add_targets([new[k] for k in changed + added])
+        self.config = config
+        engine.config = config
+        notifier = Notifier(config.alerts)
+        if self.deliverer is not None:
+            self.deliverer.notifier = notifier
+            self.deliverer.config = config.alerts
+            self.deliverer.outbox.routes = notifier.routes(config.alerts)
+        self._schedule(config)
+        self.reloads += 1
+        log.info(
+            "config_reloaded",
+            added=[f"{g}/{e}" for g, e in added],
+            removed=[f"{g}/{e}" for g, e in removed],
+            changed=[f"{g}/{e}" for g, e in changed],
+        )
+        self._background(engine.sync())
 
     async def _maintain(self) -> None:
         if self.monitor is None:
@@ -272,3 +426,13 @@ class Daemon:
             return
         if folded or removed:
             log.info("maintenance_done", hours_rolled_up=folded, results_pruned=removed)
+
+
+def _differs(a: Target, b: Target) -> bool:
+    return (a.base_url, a.api_key, a.model, a.policy, a.priority) != (
+        b.base_url,
+        b.api_key,
+        b.model,
+        b.policy,
+        b.priority,
+    )

@@ -5,9 +5,11 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any, NoReturn
 
 from monitor import __version__
@@ -444,9 +446,18 @@ def cmd_run(args: argparse.Namespace) -> int:
     from monitor.app import Daemon, open_store
 
     config = _config(args)
-    store = open_store(config, migrate=True)
+    store = open_store(config, migrate=False)
     try:
-        asyncio.run(Daemon(config, store, dry_run=args.dry_run, register=args.register).run())
+        store.lock()  # before anything is written: a second daemon must not start at all
+        store.migrate()
+        daemon = Daemon(
+            config,
+            store,
+            config_path=str(Path(args.config or os.environ[CONFIG_ENV]).resolve()),
+            dry_run=args.dry_run,
+            register=args.register,
+        )
+        asyncio.run(daemon.run())
     finally:
         store.close()
     return EXIT_OK

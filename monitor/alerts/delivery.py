@@ -101,7 +101,9 @@ class Deliverer:
         call: Call,
         *,
         retry_base: float = 2.0,
+        on_attempt: Callable[[str], None] | None = None,
     ) -> None:
+        self.on_attempt = on_attempt  # metrics: "delivered" | "retry" | "failed"
         self.config = config
         self.notifier = notifier
         self.deliveries = deliveries
@@ -159,6 +161,11 @@ class Deliverer:
                 alert=delivery.kind,
                 target=self.notifier.name(delivery.target_id),
             )
+            outcome = (
+                "delivered" if status == DELIVERED else "failed" if retry_at is None else "retry"
+            )
+            if self.on_attempt is not None:
+                self.on_attempt(outcome)
             if status == DELIVERED:
                 self.sent += 1
                 bound.info("alert_delivered", attempts=delivery.attempts + 1)

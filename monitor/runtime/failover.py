@@ -85,6 +85,7 @@ class Engine:
         self._tasks: set[asyncio.Task[None]] = set()
         self._reconciled = False
         self._isolated = False
+        self.synced = False  # Convai's list has been read at least once
         # Where each group points, as of the last evaluation or sync (for notices).
         self.active: dict[str, str | None] = {}
         self._auth_flagged: set[tuple[str, str]] = set()
@@ -190,6 +191,7 @@ class Engine:
         await self._apply_listing(listing)
 
     async def _apply_listing(self, listing: ModelList) -> None:
+        self.synced = True
         now = time.time()
         configured = {g.model_group_name: g for g in self.config.groups}
         known = await self.call(self.switches.groups)
@@ -412,6 +414,9 @@ class Engine:
         if record is None:
             return
         self.active[name] = record.active_endpoint
+        self.monitor.metrics.set_active(
+            name, [e.name for e in group.endpoints], record.active_endpoint
+        )
         switch_times = await self.call(self.switches.switch_times, name, now - HOUR)
         view = self._view(group, record, switch_times, isolated=False)
         decision = decide(view, now)
@@ -595,6 +600,8 @@ class Engine:
             details=details,
         )
         outcome = await self.switcher.switch(request, active_cfg.base_url if active_cfg else None)
+        if outcome.status in ("confirmed", "failed", "dry_run"):
+            self.monitor.metrics.switches.labels(name, kind, outcome.status).inc()
         await self._after_switch(name, outcome)
 
     async def _after_switch(self, name: str, outcome: SwitchOutcome) -> None:

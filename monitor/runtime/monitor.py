@@ -26,6 +26,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from monitor.config import Target
 from monitor.domain.health import Health, HealthState, Thresholds, Transition, in_transition, judge
 from monitor.domain.outcome import ProbeResult
+from monitor.metrics import Metrics
 from monitor.probes import ChatProber
 from monitor.runtime.recorder import Recorder
 from monitor.store import EndpointKey
@@ -64,8 +65,13 @@ class Monitor:
         recorder: Recorder,
         endpoint_ids: dict[EndpointKey, int],
         states: dict[EndpointKey, HealthState],
+        metrics: Metrics | None = None,
     ) -> None:
         self.scheduler = scheduler
+        self.metrics = metrics or Metrics()
+        # Endpoints probed since this process started (readiness: every one, once).
+        self.probed: set[EndpointKey] = set()
+        self.all_probed = asyncio.Event()
         self.prober = prober
         self.recorder = recorder
         self.endpoint_ids = endpoint_ids
@@ -161,7 +167,9 @@ class Monitor:
         job_id = _job_id(key)
         planned = self._scheduled.pop(job_id, None)
         scheduled = planned.timestamp() if planned else start
-        self.counters.lags.append(max(0.0, start - scheduled))
+        lag = max(0.0, start - scheduled)
+        self.counters.lags.append(lag)
+        self.metrics.scheduler_lag.observe(lag)
         self.counters.last_tick = start
         target = self.targets.get(key)
         if target is None:
@@ -187,6 +195,11 @@ class Monitor:
         )
         self.states[key] = state
         self.counters.probes += 1
+        if key not in self.probed:
+            self.probed.add(key)
+            if set(self.targets) <= self.probed:
+                self.all_probed.set()
+        self.metrics.probe(result, state.health)
         endpoint_id = self.endpoint_ids.get(key)
         if endpoint_id is not None:
             self.recorder.add(endpoint_id, result, state)
@@ -233,6 +246,7 @@ class Monitor:
         # an endpoint is slower than its interval). Counted always, logged once a minute:
         # under overload a line per skip would only make things worse.
         self.counters.missed += 1
+        self.metrics.missed_runs.inc()
         now = time.monotonic()
         if now - self._missed_logged_at >= MISSED_LOG_EVERY:
             log.warning(

@@ -6,11 +6,13 @@ writer and the event loop never blocks on disk.
 
 from __future__ import annotations
 
+import fcntl
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any
+from typing import Any, TextIO
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
@@ -86,9 +88,43 @@ class Store:
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self._lock_file: TextIO | None = None
 
     def close(self) -> None:
         self.engine.dispose()
+        if self._lock_file is not None:
+            self._lock_file.close()  # closing releases the flock
+            self._lock_file = None
+
+    def lock(self) -> None:
+        """Claim the database for one daemon: two would both switch groups.
+
+        An exclusive flock on `<db>.lock`, held for the life of the process (the kernel
+        drops it if the process dies, even by kill -9, so a stale lock never blocks a
+        restart). Other databases are shared by design; nothing is locked for them.
+        """
+        if not self.is_sqlite or not self.path or self.path == ":memory:":
+            return
+        path = f"{self.path}.lock"
+        try:
+            handle = open(path, "a+")  # noqa: SIM115 - held open on purpose
+        except OSError as exc:
+            raise StoreError(f"cannot open lock file {path}: {exc.strerror}") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip() or "?"
+            handle.close()
+            raise StoreError(
+                f"another convai-monitor (pid {holder}) is already running on {self.path}; "
+                "two daemons would both switch groups"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(str(os.getpid()))
+        handle.flush()
+        self._lock_file = handle
 
     def _fail(self, exc: SQLAlchemyError) -> StoreError:
         orig = getattr(exc, "orig", None)
