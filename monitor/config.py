@@ -185,7 +185,17 @@ class ProbeLimits(Strict):
 
 
 class ServerConfig(Strict):
+    # HOST:PORT for /healthz, /readyz and /metrics; unset: no HTTP server.
     listen: str | None = None
+
+    @field_validator("listen")
+    @classmethod
+    def _host_port(cls, value: str | None) -> str | None:
+        from monitor.server import parse_listen
+
+        if value is not None:
+            parse_listen(value)
+        return value
 
 
 Severity = Literal["info", "warning", "critical"]
