@@ -197,3 +197,25 @@ async def test_dry_run_changes_nothing_in_convai(world: World) -> None:
     assert world.convai.calls_of("update") == []
     assert world.registered()["base_url"] == world.sims["a"].base_url
     assert world.events(config).count("dry_run") == 1
+
+
+async def test_isolation_switches_nothing(world: World) -> None:
+    config = world.config()
+    async with running(config):
+        await wait_for(lambda: all(s.requests >= 3 for s in world.sims.values()), what="judged up")
+        # Our own network is gone: every endpoint and Convai fail at once.
+        world.convai.refuse()
+        for sim in world.sims.values():
+            sim.set(Behaviour.REFUSE)
+        await wait_for(lambda: "isolated" in world.events(config), limit=10, what="isolated")
+        # The network comes back: every endpoint is judged afresh, nothing is switched.
+        world.convai.restore()
+        for sim in world.sims.values():
+            sim.set(Behaviour.OK)
+        seen = world.sims["a"].requests
+        await wait_for(lambda: world.sims["a"].requests >= seen + 6, what="re-judged")
+    assert world.convai.calls_of("update") == []
+    assert world.registered()["base_url"] == world.sims["a"].base_url
+    kinds = world.events(config)
+    assert "failover" not in kinds
+    assert kinds.count("isolated") == 1

@@ -33,9 +33,13 @@ from monitor.store import EndpointKey
 
 log = structlog.get_logger()
 
-# The first round is spread over at most this long, so every endpoint is judged soon
-# after start without a burst; later rounds are spread over the whole interval.
+# The first round is spread over at least STARTUP_SPREAD seconds, and slower than
+# STARTUP_RATE probes a second: every endpoint is judged soon after start, but 1,000
+# endpoints do not start at once (a burst overloads the loop, turns healthy endpoints
+# into timeouts, and their fast re-probes feed the overload). Later rounds are spread
+# over the whole interval.
 STARTUP_SPREAD = 2.0
+STARTUP_RATE = 50.0
 _LAG_SAMPLES = 10_000
 MISSED_LOG_EVERY = 60.0
 
@@ -109,7 +113,8 @@ class Monitor:
             interval = target.policy.interval
             share = index / max(1, len(batch))
             self._grid[key] = now + share * interval
-            first = now + share * min(interval, STARTUP_SPREAD)
+            spread = min(interval, max(STARTUP_SPREAD, len(batch) / STARTUP_RATE))
+            first = now + share * spread
             self.scheduler.add_job(
                 self._run,
                 trigger=IntervalTrigger(seconds=interval, timezone=UTC),
