@@ -6,6 +6,7 @@ import asyncio
 import signal
 import time
 from contextlib import suppress
+from dataclasses import replace
 from typing import Any
 
 import structlog
@@ -14,7 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from monitor.alerts.delivery import Deliverer, Notifier
 from monitor.config import Config, ConfigError, Target, build_targets, load_config
 from monitor.convai import ConvaiClient
-from monitor.domain.health import HealthState
+from monitor.domain.health import Health, HealthState
 from monitor.domain.outcome import ProbeResult
 from monitor.metrics import Metrics
 from monitor.probes import ChatProber
@@ -132,7 +133,9 @@ class Daemon:
         self.store = store
         self.config_path = config_path
         self.drill = drill
+        self.dry_run_flag = dry_run  # --dry-run on the command line outlives reloads
         self.dry_run = dry_run or config.dry_run
+        self.config_convai = config.convai
         self.register = register
         self.notify = notify or SystemdNotify()
         self.stopping = asyncio.Event()
@@ -146,15 +149,24 @@ class Daemon:
         self.jobs = Jobs()
         self.heartbeat = 0.0
         self.reloads = 0
+        self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
 
     def request_stop(self) -> None:
         self.stopping.set()
 
     def request_reload(self) -> None:
-        task = asyncio.get_running_loop().create_task(self.reload(), name="reload")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._background(self._reload_when_ready())
+
+    async def _reload_when_ready(self) -> None:
+        # A SIGHUP during start-up is applied once start-up is done, not into the middle
+        # of it; reloads are applied one at a time.
+        await self.ready.wait()
+        async with self._reload_lock:
+            try:
+                await self.reload()
+            except Exception as exc:  # a failed reload must not take the daemon down
+                log.exception("config_reload_failed", problem=str(exc))
 
     # --- lifecycle ---------------------------------------------------------------------
 
@@ -178,6 +190,13 @@ class Daemon:
                 store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
             )
             states = await recorder.call(store.health)
+            now = time.time()
+            # A restart does not forget that an endpoint was down. "Up since" does not
+            # survive it, though: nobody watched while the daemon was away, so failback
+            # timers start again from now.
+            states = {
+                k: replace(v, since=now) if v.health is Health.UP else v for k, v in states.items()
+            }
             monitor = Monitor(scheduler, prober, recorder, ids, states, metrics)
             self.monitor = monitor
             recorder.start()
@@ -201,6 +220,7 @@ class Daemon:
                 switches,
                 dry_run=self.dry_run,
                 register=self.register,
+                config_path=self.config_path,
             )
             self.engine = engine
             # Reconcile interrupted switches and learn where groups point before probing.
@@ -233,11 +253,13 @@ class Daemon:
             # shut the scheduler down: its shutdown cancels running jobs outright.
             if scheduler.running:
                 scheduler.pause()
-            await self.jobs.drain(SWITCH_DRAIN_TIMEOUT)
             if self.engine is not None:
-                await self.engine.drain(SWITCH_DRAIN_TIMEOUT)
+                self.engine.stopping = True  # probes still finishing start no evaluation
+            await self.jobs.drain(SWITCH_DRAIN_TIMEOUT)
             if self.monitor is not None:
                 await self.monitor.drain(DRAIN_TIMEOUT)
+            if self.engine is not None:
+                await self.engine.drain(SWITCH_DRAIN_TIMEOUT)
             if scheduler.running:
                 scheduler.shutdown(wait=False)
             for task in list(self._tasks):
@@ -395,6 +417,22 @@ class Daemon:
         monitor.add_targets([new[k] for k in changed + added])
         self.config = config
         engine.config = config
+        engine.switcher.dry_run = self.dry_run_flag or config.dry_run
+        if config.convai != self.config_convai:
+            # A new Convai key or URL: new client; the old one closes once idle.
+            client = convai_client(config, self.metrics)
+            old_client, engine.convai, engine.switcher.convai = engine.convai, client, client
+            self._background(_close_later(old_client))
+            self.config_convai = config.convai
+        for group in {g for g, _ in removed} - {g.model_group_name for g in config.groups}:
+            # A group no longer monitored must not keep paging about an old incident.
+            await monitor.recorder.call(
+                engine.switches.record,
+                group,
+                "unmonitored",
+                f"{group} was removed from the config; its alerts stop here",
+                time.time(),
+            )
         notifier = Notifier(config.alerts)
         if self.deliverer is not None:
             self.deliverer.notifier = notifier
@@ -426,6 +464,11 @@ class Daemon:
             return
         if folded or removed:
             log.info("maintenance_done", hours_rolled_up=folded, results_pruned=removed)
+
+
+async def _close_later(client: ConvaiClient) -> None:
+    await asyncio.sleep(60)  # a call in flight on the old client gets to finish
+    await client.aclose()
 
 
 def _differs(a: Target, b: Target) -> bool:

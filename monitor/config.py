@@ -270,6 +270,16 @@ def normalize_url(url: str) -> str:
     return f"{parts.scheme.lower()}://{netloc}{path}{query}"
 
 
+def display_url(url: str | None) -> str:
+    """A URL fit for messages: no credentials, no query string (tokens hide there)."""
+    if url is None:
+        return "nothing"
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    port = f":{parts.port}" if parts.port else ""
+    return f"{parts.scheme}://{host}{port}{parts.path}" + ("?..." if parts.query else "")
+
+
 # --- loading ---------------------------------------------------------------------------
 
 _VAR = re.compile(r"\$\$|\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")

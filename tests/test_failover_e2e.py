@@ -219,3 +219,24 @@ async def test_isolation_switches_nothing(world: World) -> None:
     kinds = world.events(config)
     assert "failover" not in kinds
     assert kinds.count("isolated") == 1
+
+
+async def test_a_failing_update_pages_once_and_backs_off(world: World) -> None:
+    # Convai rejects every update (a 404 is not retried): the daemon must keep trying,
+    # but with backoff, and on-call hears about it once.
+    world.convai.fail_next("update", 404, times=1000, message="Model not found")
+    config = world.config()
+    async with running(config):
+        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        world.sims["a"].set(Behaviour.REFUSE)
+        await wait_for(lambda: len(world.convai.calls_of("update")) >= 1, what="first attempt")
+        first = time.monotonic()
+        await wait_for(lambda: len(world.convai.calls_of("update")) >= 3, limit=15, what="retries")
+        spent = time.monotonic() - first
+    attempts = len(world.convai.calls_of("update"))
+    # Backoff 2 s, then 4 s: the third attempt comes ~6 s after the first, not 0.2 s.
+    assert spent >= 5.0
+    assert attempts <= 4
+    kinds = world.events(config)
+    assert kinds.count("failover_failed") == 1
+    assert world.registered()["base_url"] == world.sims["a"].base_url

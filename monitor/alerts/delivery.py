@@ -18,7 +18,7 @@ from monitor.alerts.targets import describe, target_id
 from monitor.config import AlertsConfig
 from monitor.domain.alerts import Severity, backoff
 from monitor.redact import redact
-from monitor.store.outbox import DELIVERED, Deliveries, Outbox, Route
+from monitor.store.outbox import DELIVERED, Deliveries, Delivery, Outbox, Route
 
 log = structlog.get_logger()
 
@@ -131,54 +131,61 @@ class Deliverer:
         if not due:
             return 0
         loop = asyncio.get_running_loop()
-        results = await asyncio.gather(
-            *(
-                loop.run_in_executor(
-                    self._threads, self.notifier.send, d.target_id, d.title, d.body, d.notify_type
-                )
-                for d in due
+
+        async def send(delivery: Delivery) -> tuple[Delivery, SendResult]:
+            result = await loop.run_in_executor(
+                self._threads,
+                self.notifier.send,
+                delivery.target_id,
+                delivery.title,
+                delivery.body,
+                delivery.notify_type,
             )
-        )
-        for delivery, result in zip(due, results, strict=True):
-            now = time.time()
-            retry_at: float | None = None
-            if not result.ok:
-                delay = backoff(delivery.attempts + 1, base=self.retry_base)
-                delay *= random.uniform(0.8, 1.2)  # jitter: targets recovering together
-                if now + delay <= delivery.created_at + self.config.retry_for:
-                    retry_at = now + delay
-            status = await self.call(
-                self.deliveries.attempted,
-                delivery.id,
-                ok=result.ok,
-                error=result.error,
-                elapsed_ms=result.elapsed_ms,
-                at=now,
-                retry_at=retry_at,
-            )
-            bound = log.bind(
-                group=delivery.group,
-                alert=delivery.kind,
-                target=self.notifier.name(delivery.target_id),
-            )
-            outcome = (
-                "delivered" if status == DELIVERED else "failed" if retry_at is None else "retry"
-            )
-            if self.on_attempt is not None:
-                self.on_attempt(outcome)
-            if status == DELIVERED:
-                self.sent += 1
-                bound.info("alert_delivered", attempts=delivery.attempts + 1)
-            elif retry_at is None:
-                self.failed += 1
-                bound.error(
-                    "alert_delivery_failed", attempts=delivery.attempts + 1, error=result.error
-                )
-            else:
-                bound.warning(
-                    "alert_delivery_retry",
-                    attempts=delivery.attempts + 1,
-                    error=result.error,
-                    retry_in_s=round(retry_at - now, 1),
-                )
+            return delivery, result
+
+        # Each delivery is recorded the moment it completes: one slow target does not
+        # hold back the record of the others (a stop in between would resend them).
+        for finished in asyncio.as_completed([send(d) for d in due]):
+            delivery, result = await finished
+            await self._record(delivery, result)
         return len(due)
+
+    async def _record(self, delivery: Delivery, result: SendResult) -> None:
+        now = time.time()
+        retry_at: float | None = None
+        if not result.ok:
+            delay = backoff(delivery.attempts + 1, base=self.retry_base)
+            delay *= random.uniform(0.8, 1.2)  # jitter: targets recovering together
+            if now + delay <= delivery.created_at + self.config.retry_for:
+                retry_at = now + delay
+        status = await self.call(
+            self.deliveries.attempted,
+            delivery.id,
+            ok=result.ok,
+            error=result.error,
+            elapsed_ms=result.elapsed_ms,
+            at=now,
+            retry_at=retry_at,
+        )
+        outcome = "delivered" if status == DELIVERED else "failed" if retry_at is None else "retry"
+        if self.on_attempt is not None:
+            self.on_attempt(outcome)
+        bound = log.bind(
+            group=delivery.group,
+            alert=delivery.kind,
+            target=self.notifier.name(delivery.target_id),
+        )
+        if outcome == "delivered":
+            self.sent += 1
+            bound.info("alert_delivered", attempts=delivery.attempts + 1)
+        elif outcome == "failed":
+            self.failed += 1
+            bound.error("alert_delivery_failed", attempts=delivery.attempts + 1, error=result.error)
+        else:
+            assert retry_at is not None
+            bound.warning(
+                "alert_delivery_retry",
+                attempts=delivery.attempts + 1,
+                error=result.error,
+                retry_in_s=round(retry_at - now, 1),
+            )

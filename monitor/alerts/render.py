@@ -27,6 +27,7 @@ HEADLINES = {
     "manual": "switched by an operator",
     "endpoint_up": "a fallback is back",
     "dry_run": "would switch (dry run)",
+    "unmonitored": "removed from the config",
     "reminder": "still unresolved",
     "test": "test notification",
 }

@@ -68,6 +68,7 @@ RULES: dict[str, Rule] = {
     "manual": Rule(Severity.INFO, Effect.ATTACH),
     "endpoint_up": Rule(Severity.INFO, Effect.ATTACH),
     "dry_run": Rule(Severity.INFO, Effect.NONE),
+    "unmonitored": Rule(Severity.INFO, Effect.CLOSE),
 }
 
 

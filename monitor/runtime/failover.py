@@ -15,13 +15,14 @@ from typing import Any
 
 import structlog
 
-from monitor.config import Config, GroupConfig, Target, normalize_url
+from monitor.config import Config, GroupConfig, Target, display_url, normalize_url
 from monitor.convai import ConvaiClient, ConvaiError, ConvaiUnreachable, ModelList
 from monitor.domain.failover import (
     HOUR,
     Action,
     Decision,
     EndpointView,
+    GroupState,
     GroupView,
     Rules,
     decide,
@@ -30,6 +31,7 @@ from monitor.domain.failover import (
 from monitor.domain.health import Health, HealthState, Transition
 from monitor.domain.outcome import Outcome, ProbeResult, Verdict
 from monitor.runtime.monitor import Monitor
+from monitor.runtime.notices import Notices
 from monitor.runtime.switcher import Switcher, SwitchOutcome, SwitchRequest
 from monitor.store.switching import GroupRecord, SwitchLog
 
@@ -41,8 +43,22 @@ _EVIDENCE = 5
 _UNREACHABLE = frozenset({Outcome.CONNECT_ERROR, Outcome.TIMEOUT})
 # Conditions that end with a `recovered` event when the group is healthy again.
 _TROUBLE = frozenset(
-    {Action.ALL_DOWN, Action.ISOLATED, Action.FLAPPING, "failover_failed", "preflight_failed"}
+    {
+        Action.ALL_DOWN,
+        Action.ISOLATED,
+        Action.FLAPPING,
+        "failover_failed",
+        "preflight_failed",
+        "not_registered",
+    }
 )
+# After a switch attempt that went nowhere (update failed, no candidate passed pre-flight)
+# the group is retried after RETRY_BASE seconds, doubling up to RETRY_MAX: a revoked Convai
+# key must not mean an update call (and pre-flight probes) every tick.
+RETRY_BASE = 2.0
+RETRY_MAX = 120.0
+# An intent older than this with no evaluation running is a leftover, reconciled at sync.
+STALE_INTENT_AFTER = 120.0
 
 
 class StartupError(Exception):
@@ -72,8 +88,10 @@ class Engine:
         *,
         dry_run: bool = False,
         register: bool = False,
+        config_path: str | None = None,
     ) -> None:
         self.config = config
+        self.config_path = config_path
         self.monitor = monitor
         self.convai = convai
         self.switches = switches
@@ -88,15 +106,20 @@ class Engine:
         self.synced = False  # Convai's list has been read at least once
         # Where each group points, as of the last evaluation or sync (for notices).
         self.active: dict[str, str | None] = {}
-        self._auth_flagged: set[tuple[str, str]] = set()
-        self._down_noticed: set[tuple[str, str]] = set()
+        self.notices = Notices(monitor.targets, monitor.states, self.active.get)
         self.convai_reachable = True
+        self.stopping = False
+        self._sync_lock = asyncio.Lock()
+        self._retry: dict[str, tuple[float, float]] = {}  # group -> (not before, last delay)
+        self._dry_noted: set[str] = set()
+        self._mismatch_noted: set[str] = set()
 
     # --- start-up ----------------------------------------------------------------------
 
     async def start(self) -> None:
         """Reconcile interrupted switches, then learn where every group points."""
         self.monitor.listeners.append(self.on_result)
+        fetched_at = time.time()
         try:
             listing = await self.convai.list_models()
         except ConvaiUnreachable as exc:
@@ -121,7 +144,7 @@ class Engine:
         if missing:
             listing = await self.convai.list_models()
         await self._reconcile(listing)
-        await self._apply_listing(listing)
+        await self._apply_listing(listing, fetched_at)
 
     async def _register(self, group: GroupConfig) -> None:
         primary = group.primary
@@ -141,12 +164,17 @@ class Engine:
         )
         log.info("group_registered", group=group.model_group_name, endpoint=primary.name)
 
-    async def _reconcile(self, listing: ModelList) -> None:
-        """Close switches a crash left open, from what Convai says now. Never re-sends."""
+    async def _reconcile(self, listing: ModelList, stale_only: bool = False) -> None:
+        """Close switches left open (by a crash, or a failure nobody caught) from what
+        Convai says now: confirmed if the update landed, abandoned if not. Never re-sent."""
+        now = time.time()
         for intent in await self.call(self.switches.open_intents):
+            if stale_only and (
+                now - intent.intent_at < STALE_INTENT_AFTER or self._lock(intent.group).locked()
+            ):
+                continue
             model = listing.get(intent.group)
             registered = model.base_url if model else None
-            now = time.time()
             if registered and normalize_url(registered) == normalize_url(intent.to_base_url):
                 await self.call(
                     self.switches.confirm_switch,
@@ -155,7 +183,7 @@ class Engine:
                     at=now,
                     message=(
                         f"{intent.kind} {intent.from_endpoint} -> {intent.to_endpoint} "
-                        "confirmed at start-up: the update had landed before the restart"
+                        "confirmed later from Convai's list: the update had landed"
                     ),
                 )
                 log.warning(
@@ -166,8 +194,8 @@ class Engine:
                     self.switches.abandon_switch,
                     intent.id,
                     note=(
-                        f"{intent.kind} -> {intent.to_endpoint} interrupted by a restart and "
-                        f"not applied (Convai shows {registered})"
+                        f"{intent.kind} -> {intent.to_endpoint} was interrupted and not applied "
+                        f"(Convai shows {display_url(registered)})"
                     ),
                     at=now,
                 )
@@ -179,22 +207,25 @@ class Engine:
     # --- sync with Convai (drift) ----------------------------------------------------
 
     async def sync(self) -> None:
-        try:
-            listing = await self.convai.list_models()
-        except ConvaiError as exc:
-            self.convai_reachable = not isinstance(exc, ConvaiUnreachable)
-            log.warning("convai_sync_failed", error=str(exc))
+        """Read Convai's list and bring every group's belief in line with it."""
+        if self.stopping:
             return
-        self.convai_reachable = True
-        if not self._reconciled:
-            await self._reconcile(listing)
-        await self._apply_listing(listing)
+        async with self._sync_lock:  # one sync at a time: each compares against the last
+            fetched_at = time.time()
+            try:
+                listing = await self.convai.list_models()
+            except ConvaiError as exc:
+                self.convai_reachable = not isinstance(exc, ConvaiUnreachable)
+                log.warning("convai_sync_failed", error=str(exc))
+                return
+            self.convai_reachable = True
+            await self._reconcile(listing, stale_only=self._reconciled)
+            await self._apply_listing(listing, fetched_at)
 
-    async def _apply_listing(self, listing: ModelList) -> None:
+    async def _apply_listing(self, listing: ModelList, fetched_at: float) -> None:
         self.synced = True
         now = time.time()
         configured = {g.model_group_name: g for g in self.config.groups}
-        known = await self.call(self.switches.groups)
         for model in listing.models:
             if model.model_group_name not in configured:
                 await self.call(
@@ -208,15 +239,20 @@ class Engine:
                 )
         for name, group in configured.items():
             registered = listing.get(name)
-            if registered is None:
-                await self._condition(
-                    name, "not_registered", "Convai no longer lists this group", now
-                )
-                continue
             async with self._lock(name):
-                await self._observe(
-                    group, registered.base_url, registered.model_name, known.get(name), now
-                )
+                # Read the belief under the lock: a switch may have landed since the list
+                # was fetched, and a listing older than that must not undo it.
+                before: GroupRecord | None = await self.call(self.switches.group, name)
+                if before is not None and (before.last_switch_at or 0.0) >= fetched_at:
+                    continue
+                if await self.call(self.switches.open_intents, name):
+                    continue
+                if registered is None:
+                    await self._condition(
+                        name, "not_registered", "Convai no longer lists this group", now
+                    )
+                    continue
+                await self._observe(group, registered.base_url, registered.model_name, before, now)
 
     async def _observe(
         self,
@@ -228,6 +264,11 @@ class Engine:
     ) -> None:
         name = group.model_group_name
         endpoint = find_endpoint(group, registered)
+        shown = display_url(registered)
+        if before is not None and before.condition == "not_registered":
+            await self._condition(
+                name, "recovered", "Convai lists the group again", now, clear=True
+            )
         if before is not None and before.registered_base_url is not None:
             moved = normalize_url(before.registered_base_url) != normalize_url(registered)
             if moved:
@@ -237,20 +278,16 @@ class Engine:
                     self.switches.record,
                     name,
                     "drift",
-                    f"Convai's base_url changed to {registered} ({where}) without this daemon",
+                    f"Convai's base_url changed to {shown} ({where}) without this daemon",
                     now,
-                    details={
-                        "from": before.active_endpoint,
-                        "to": endpoint,
-                        "base_url": registered,
-                    },
+                    details={"from": before.active_endpoint, "to": endpoint, "base_url": shown},
                 )
-                log.warning("drift", group=name, to_endpoint=endpoint, base_url=registered)
+                log.warning("drift", group=name, to_endpoint=endpoint, base_url=shown)
         elif endpoint is None:
             await self._condition(
                 name,
                 "drift",
-                f"Convai's base_url {registered} matches no configured endpoint; not acting",
+                f"Convai's base_url {shown} matches no configured endpoint; not acting",
                 now,
             )
         await self.call(
@@ -264,17 +301,24 @@ class Engine:
         )
         self.active[name] = endpoint
         if group.model_name and group.model_name != model_name:
-            await self._condition(
-                name,
-                "model_mismatch",
-                f"Convai serves model {model_name}, the config probes {group.model_name}",
-                now,
-            )
+            if name not in self._mismatch_noted:
+                self._mismatch_noted.add(name)
+                await self.call(
+                    self.switches.record,
+                    name,
+                    "model_mismatch",
+                    f"Convai serves model {model_name}, the config probes {group.model_name}",
+                    now,
+                )
+        else:
+            self._mismatch_noted.discard(name)
 
     # --- evaluation --------------------------------------------------------------------
 
     async def drain(self, grace: float) -> None:
-        """Let evaluations (and a switch in flight) finish, within `grace` seconds."""
+        """Let evaluations (and a switch in flight) finish, within `grace` seconds; start
+        nothing new from here on."""
+        self.stopping = True
         if self._tasks:
             _done, pending = await asyncio.wait(set(self._tasks), timeout=grace)
             for task in pending:
@@ -297,94 +341,27 @@ class Engine:
         elif verdict is Verdict.PASS:
             evidence.first_failure_at = None
             evidence.recent.clear()
-        notice = self._notice(target, result, transition)
+        notice = self.notices.notice(target, result, transition)
         if notice is not None:
             self._background(self._note(target.group, *notice), f"note:{target.group}")
         if transition is not None:
             self.spawn(target.group)
-
-    def _notice(
-        self, target: Target, result: ProbeResult, transition: Transition | None
-    ) -> tuple[str, str, dict[str, Any]] | None:
-        """What on-call should hear about one endpoint, beyond the group's switches."""
-        key = (target.group, target.endpoint)
-        details: dict[str, Any] = {"endpoint": target.endpoint, "outcome": result.outcome.value}
-        if result.outcome is Outcome.AUTH_ERROR:
-            if key in self._auth_flagged:
-                return None
-            self._auth_flagged.add(key)
-            return (
-                "auth_error",
-                f"{target.endpoint} of {target.group} rejects its API key "
-                f"(HTTP {result.http_status}): a revoked or wrong key, not an outage of the "
-                "endpoint. Fix the key in the config and reload.",
-                details,
-            )
-        if result.outcome.verdict is Verdict.PASS:
-            self._auth_flagged.discard(key)
-        if transition is None or not self._standby(target):
-            # The active endpoint's story, and that of better endpoints the group will
-            # return to, is told by the failover, failback and recovery events.
-            return None
-        if transition.after is Health.DOWN:
-            self._down_noticed.add(key)
-            if result.outcome is Outcome.MODEL_NOT_FOUND:
-                text = (
-                    f"fallback {target.endpoint} of {target.group} does not serve the group's "
-                    f"model {target.model}: a failover to it would break every character"
-                )
-            else:
-                others = [
-                    t.endpoint
-                    for k, t in self.monitor.targets.items()
-                    if t.group == target.group
-                    and t.endpoint not in (target.endpoint, self.active.get(target.group))
-                    and self.monitor.states.get(k, HealthState()).health is Health.UP
-                ]
-                tail = (
-                    "a failover would have nowhere to go"
-                    if not others
-                    else f"failover would still have {', '.join(others)}"
-                )
-                text = (
-                    f"fallback {target.endpoint} of {target.group} is down "
-                    f"({result.outcome.value}): {tail}"
-                )
-            return ("endpoint_down", text, details)
-        if transition.after is Health.UP and key in self._down_noticed:
-            self._down_noticed.discard(key)
-            return (
-                "endpoint_up",
-                f"fallback {target.endpoint} of {target.group} is up again",
-                details,
-            )
-        return None
-
-    def _standby(self, target: Target) -> bool:
-        """A fallback below the active endpoint: what a failover would go to."""
-        active = self.active.get(target.group)
-        rank = next(
-            (
-                t.priority
-                for t in self.monitor.targets.values()
-                if t.group == target.group and t.endpoint == active
-            ),
-            None,
-        )
-        return rank is not None and target.priority > rank
 
     async def _note(self, group: str, kind: str, message: str, details: dict[str, Any]) -> None:
         await self.call(self.switches.record, group, kind, message, time.time(), details=details)
         log.warning(kind, group=group, reason=message)
 
     def _background(self, coro: Any, name: str) -> None:
+        if self.stopping:
+            coro.close()
+            return
         task = asyncio.create_task(coro, name=name)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
     def spawn(self, group: str) -> None:
         """Evaluate a group soon, without making the caller (a probe) wait."""
-        if self._lock(group).locked():
+        if self.stopping or self._lock(group).locked():
             return  # the running evaluation will see the newest state, or the next tick
         task = asyncio.create_task(self.evaluate(group), name=f"evaluate:{group}")
         self._tasks.add(task)
@@ -423,6 +400,12 @@ class Engine:
         if decision.action is Action.ALL_DOWN and await self._suspect_isolation():
             view = self._view(group, record, switch_times, isolated=True)
             decision = decide(view, now)
+        waiting = self._retry.get(name, (0.0, 0.0))[0] > now
+        noted = self.switcher.dry_run and name in self._dry_noted
+        if decision.switches and (waiting or noted):
+            # A switch is due but was just tried (backing off), or "would switch" was
+            # already recorded in a dry run: no probe, no Convai call this tick.
+            decision = Decision(Action.STAY, f"switch pending: {decision.reason}")
         if decision.action is Action.FAILOVER and record.active_endpoint is not None:
             # Check before switching: probe the active endpoint once more. If it answers,
             # the decision turns into "stay" (see decide), which keeps a run of unlucky
@@ -434,6 +417,8 @@ class Engine:
                 view = self._view(group, record, switch_times, isolated=False)
                 decision = decide(view, now)
         state = group_state(view, decision, now)
+        if waiting and record.condition == "failover_failed":
+            state = GroupState.DEGRADED
         if state.value != record.state:
             await self.call(self.switches.set_state, name, state.value)
         if decision.action is Action.ALL_DOWN:
@@ -511,14 +496,11 @@ class Engine:
         now: float,
     ) -> None:
         name = group.model_group_name
-        dry_noted = (record.condition or "").startswith("dry_run")
         if decision.switches:
-            if self.switcher.dry_run and dry_noted:
-                return  # "would switch" is said once per episode, not every second
             await self._switch(group, record, decision)
             return
-        if dry_noted:
-            await self.call(self.switches.set_condition, name, None)
+        if decision.action is Action.STAY and not decision.reason.startswith("switch pending"):
+            self._dry_noted.discard(name)
         if decision.action is Action.STAY:
             active = next((e for e in view.endpoints if e.name == view.active), None)
             if record.condition in _TROUBLE and active is not None and active.health is Health.UP:
@@ -528,9 +510,9 @@ class Engine:
             return
         details = None
         if decision.action is Action.PRIMARY_RECOVERED and decision.candidates:
-            details = {
-                "command": f"convai-monitor failover -c CONFIG {name} --to {decision.candidates[0]}"
-            }
+            config = self.config_path or "CONFIG"
+            to = decision.candidates[0]
+            details = {"command": f"convai-monitor failover -c {config} {name} --to {to}"}
         await self._condition(name, decision.action.value, decision.reason, now, details=details)
 
     async def _condition(
@@ -598,25 +580,42 @@ class Engine:
             reason=_reason(decision, evidence),
             detected_at=evidence.first_failure_at if decision.action is Action.FAILOVER else None,
             details=details,
+            announce_failure=record.condition != "failover_failed",
         )
         outcome = await self.switcher.switch(request, active_cfg.base_url if active_cfg else None)
         if outcome.status in ("confirmed", "failed", "dry_run"):
             self.monitor.metrics.switches.labels(name, kind, outcome.status).inc()
-        await self._after_switch(name, outcome)
+        await self._after_switch(name, kind, outcome)
 
-    async def _after_switch(self, name: str, outcome: SwitchOutcome) -> None:
+    async def _after_switch(self, name: str, kind: str, outcome: SwitchOutcome) -> None:
         now = time.time()
-        if outcome.status == "confirmed":
+        status = outcome.status
+        if status == "confirmed":
+            self._retry.pop(name, None)
             self.monitor.urgent.discard(name)
-        elif outcome.status == "preflight_failed":
-            await self._condition(name, "preflight_failed", outcome.message, now)
-        elif outcome.status == "failed":
-            await self.call(self.switches.set_condition, name, "failover_failed")
-            await self.call(self.switches.set_state, name, "degraded")
-        elif outcome.status == "drift":
+        elif status == "dry_run":
+            self._dry_noted.add(name)
+        elif status == "drift":
             # Convai moved under us: re-read it (outside this group's lock, which sync
             # takes), adopt, and decide again on the next tick.
             self._background(self.sync(), f"sync-after-drift:{name}")
+        elif status == "skipped":
+            # The belief changed, or a switch is still open: a sync sorts out which.
+            self._background(self.sync(), f"sync-after-skip:{name}")
+        else:
+            self._back_off(name, now)
+            if status == "preflight_failed" and kind == "failover":
+                await self._condition(name, "preflight_failed", outcome.message, now)
+            elif status == "preflight_failed":
+                # The group is fine where it is; the better endpoint just is not ready.
+                log.warning("failback_postponed", group=name, reason=outcome.message)
+            elif status == "failed":
+                await self.call(self.switches.set_state, name, "degraded")
+
+    def _back_off(self, name: str, now: float) -> None:
+        _until, last = self._retry.get(name, (0.0, 0.0))
+        delay = min(RETRY_MAX, last * 2) if last else RETRY_BASE
+        self._retry[name] = (now + delay, delay)
 
 
 def _reason(decision: Decision, evidence: _Evidence) -> str:

@@ -6,6 +6,7 @@ so both leave the same records and take the same care.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
@@ -13,7 +14,7 @@ from typing import Any, TypeVar
 
 import structlog
 
-from monitor.config import Target, normalize_url
+from monitor.config import Target, display_url, normalize_url
 from monitor.convai import ConvaiClient, ConvaiError
 from monitor.domain.outcome import ProbeResult
 from monitor.store.switching import SwitchLog, SwitchRecord
@@ -39,6 +40,9 @@ class SwitchRequest:
     detected_at: float | None = None
     details: dict[str, Any] | None = None
     preflight: bool = True
+    # False while the group already carries a failover_failed condition: each attempt
+    # is recorded as a switch row, but on-call hears of the failure once.
+    announce_failure: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -130,7 +134,10 @@ class Switcher:
                     return SwitchOutcome(
                         "drift",
                         target=chosen,
-                        message=f"Convai's base_url changed to {registered} since the last sync",
+                        message=(
+                            f"Convai's base_url changed to {display_url(registered)} "
+                            "since the last sync"
+                        ),
                     )
 
         now = time.time()
@@ -161,6 +168,20 @@ class Switcher:
     async def _update(
         self, request: SwitchRequest, chosen: Target, intent: SwitchRecord
     ) -> SwitchOutcome:
+        """Call update and read back; whatever happens, the intent is closed here."""
+        try:
+            return await self._apply(request, chosen, intent)
+        except asyncio.CancelledError:
+            # Shutdown while waiting on Convai: the intent stays open on purpose and the
+            # next start reconciles it from Convai's list (never guessed here).
+            raise
+        except Exception as exc:  # anything unforeseen must not leave the group blocked
+            log.exception("switch_crashed", group=request.group, switch_id=intent.id)
+            return await self._fail(request, chosen, intent, f"unexpected error: {exc!r}")
+
+    async def _apply(
+        self, request: SwitchRequest, chosen: Target, intent: SwitchRecord
+    ) -> SwitchOutcome:
         bound = log.bind(group=request.group, switch_id=intent.id)
         transaction_id: str | None = None
         error = ""
@@ -171,6 +192,11 @@ class Switcher:
                 )
             except ConvaiError as exc:
                 error = str(exc)
+                # A timeout or 5xx after retries says nothing about whether the update
+                # landed: read back before calling it failed.
+                uncertain = exc.retryable or exc.http_status is None
+                if uncertain and await self._landed(request.group, chosen):
+                    return await self._confirm(request, chosen, intent, None, "answer lost")
                 break
             transaction_id = reply.transaction_id
             try:
@@ -184,16 +210,31 @@ class Switcher:
                 chosen.base_url
             ):
                 return await self._confirm(request, chosen, intent, transaction_id, "confirmed")
-            error = f"read-back shows base_url {registered!s}, not {chosen.base_url}"
-            bound.warning("readback_mismatch", attempt=attempt + 1, registered=registered)
+            error = f"read-back shows base_url {display_url(registered)}, not {chosen.base_url}"
+            bound.warning("readback_mismatch", attempt=attempt + 1)
+        return await self._fail(request, chosen, intent, error)
+
+    async def _landed(self, group: str, chosen: Target) -> bool:
+        try:
+            registered = await self.registered_url(group)
+        except ConvaiError:
+            return False
+        return registered is not None and normalize_url(registered) == normalize_url(
+            chosen.base_url
+        )
+
+    async def _fail(
+        self, request: SwitchRequest, chosen: Target, intent: SwitchRecord, error: str
+    ) -> SwitchOutcome:
         failed: SwitchRecord = await self.call(
             self.switches.fail_switch,
             intent.id,
             error=error,
             at=time.time(),
             details=request.details,
+            announce=request.announce_failure,
         )
-        bound.error("switch_failed", kind=request.kind, error=error)
+        log.error("switch_failed", group=request.group, kind=request.kind, error=error)
         return SwitchOutcome("failed", switch=failed, target=chosen, message=error)
 
     async def _confirm(
@@ -212,7 +253,10 @@ class Switcher:
         )
         message = (
             f"{request.kind} {request.expected_active} -> {chosen.endpoint}{took}: {request.reason}"
-            + (" (Convai read-back unavailable)" if how == "unconfirmed" else "")
+            + {
+                "unconfirmed": " (Convai read-back unavailable)",
+                "answer lost": " (Convai's answer was lost; the read-back shows it landed)",
+            }.get(how, "")
         )
         details = dict(request.details or {})
         details["transaction_id"] = transaction_id

@@ -320,18 +320,23 @@ class SwitchLog:
         error: str,
         at: float,
         details: dict[str, Any] | None = None,
+        announce: bool = True,
     ) -> SwitchRecord:
         with self.store.session() as session, session.begin():
             switch = session.get_one(SwitchRow, switch_id)
             switch.status = "failed"
             switch.completed_at = at
             switch.error = redact(error)
-            message = (
-                f"{switch.kind} {switch.from_endpoint} -> {switch.to_endpoint} failed: {error}"
-            )
-            self._event(
-                session, at, switch.group_name, "failover_failed", message, switch.id, details
-            )
+            if announce:
+                message = (
+                    f"{switch.kind} {switch.from_endpoint} -> {switch.to_endpoint} failed: {error}"
+                )
+                self._event(
+                    session, at, switch.group_name, "failover_failed", message, switch.id, details
+                )
+                row = session.get(GroupRow, switch.group_name)
+                if row is not None:
+                    row.condition = "failover_failed"
             return _switch(switch)
 
     def abandon_switch(self, switch_id: int, *, note: str, at: float) -> None:
@@ -356,14 +361,13 @@ class SwitchLog:
         with self.store.session() as session, session.begin():
             message = f"would {kind} {from_endpoint} -> {to_endpoint} because {reason}"
             self._event(session, at, group, "dry_run", message)
-            row = session.get(GroupRow, group)
-            if row is not None:
-                row.condition = f"dry_run:{to_endpoint}"
 
-    def open_intents(self) -> list[SwitchRecord]:
+    def open_intents(self, group: str | None = None) -> list[SwitchRecord]:
+        query = select(SwitchRow).where(SwitchRow.status == OPEN)
+        if group is not None:
+            query = query.where(SwitchRow.group_name == group)
         with self.store.session() as session:
-            rows = session.scalars(select(SwitchRow).where(SwitchRow.status == OPEN)).all()
-            return [_switch(r) for r in rows]
+            return [_switch(r) for r in session.scalars(query).all()]
 
     def switch_times(self, group: str, since: float) -> tuple[float, ...]:
         """When automatic switches of this group were confirmed, since `since`."""
