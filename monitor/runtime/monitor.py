@@ -39,7 +39,7 @@ log = structlog.get_logger()
 # into timeouts, and their fast re-probes feed the overload). Later rounds are spread
 # over the whole interval.
 STARTUP_SPREAD = 2.0
-STARTUP_RATE = 50.0
+STARTUP_RATE = 40.0
 _LAG_SAMPLES = 10_000
 MISSED_LOG_EVERY = 60.0
 
@@ -113,7 +113,9 @@ class Monitor:
             interval = target.policy.interval
             share = index / max(1, len(batch))
             self._grid[key] = now + share * interval
-            spread = min(interval, max(STARTUP_SPREAD, len(batch) / STARTUP_RATE))
+            # Not capped at the interval: with the rise confirmations that follow each
+            # first probe, the start-up load must stay near the steady-state rate.
+            spread = max(min(interval, STARTUP_SPREAD), len(batch) / STARTUP_RATE)
             first = now + share * spread
             self.scheduler.add_job(
                 self._run,
