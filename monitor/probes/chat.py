@@ -27,6 +27,7 @@ class _Reply:
     content_type: str
     location: str | None
     truncated: bool
+    elapsed_ms: float  # from sending the request to the last byte read
 
 
 class _BodyTooLarge(Exception):
@@ -145,7 +146,6 @@ class ChatProber:
     async def _probe(self, target: Target) -> ProbeResult:
         policy = target.policy
         at = time.time()
-        started = time.perf_counter()
         reply: _Reply | None = None
         outcome: Outcome
         detail: str | None
@@ -155,7 +155,7 @@ class ChatProber:
             # per phase, and an endpoint that trickles bytes would never hit them.
             async with asyncio.timeout(policy.timeout):
                 reply = await self._send(target)
-            latency_ms: float | None = (time.perf_counter() - started) * 1000.0
+            latency_ms: float | None = reply.elapsed_ms
             outcome, detail, data = classify(reply)
         except TimeoutError:
             latency_ms = None
@@ -202,6 +202,9 @@ class ChatProber:
             headers={"Authorization": f"Bearer {target.api_key}"},
             timeout=httpx.Timeout(target.policy.timeout),
         )
+        # The clock runs around the exchange only: not the semaphore wait, not building
+        # the request, not parsing the answer.
+        started = time.perf_counter()
         response = await self._client.send(request, stream=True)
         try:
             chunks: list[bytes] = []
@@ -215,6 +218,7 @@ class ChatProber:
                     truncated = True
                     break
                 chunks.append(chunk)
+            elapsed_ms = (time.perf_counter() - started) * 1000.0
         finally:
             await response.aclose()
         return _Reply(
@@ -223,6 +227,7 @@ class ChatProber:
             content_type=response.headers.get("content-type", ""),
             location=response.headers.get("location"),
             truncated=truncated,
+            elapsed_ms=elapsed_ms,
         )
 
 
