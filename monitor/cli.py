@@ -466,6 +466,14 @@ def cmd_run(args: argparse.Namespace) -> int:
 # --- parser -----------------------------------------------------------------------------
 
 
+def _nested(commands: Any, name: str, text: str, dest: str = "action") -> Any:
+    """A command with sub-commands of its own (`models list`, `db upgrade`, ...)."""
+    parser = commands.add_parser(name, help=text)
+    nested = parser.add_subparsers(dest=dest, metavar=dest.upper(), parser_class=_Parser)
+    nested.required = True
+    return nested
+
+
 def _add_config(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "-c",
@@ -556,19 +564,16 @@ def build_parser() -> argparse.ArgumentParser:
     dr.add_argument("group", metavar="GROUP")
     dr.set_defaults(func=cmd_drill)
 
-    alerts = commands.add_parser("alerts", help="alert targets")
-    alert_commands = alerts.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    alert_commands.required = True
+    alert_commands = _nested(commands, "alerts", "alert targets")
     at = alert_commands.add_parser("test", help="send a test notification to every target")
     _add_config(at)
     at.set_defaults(func=cmd_alerts_test)
 
-    models = commands.add_parser("models", help="Convai's model groups (/llm-models/*)")
-    model_commands = models.add_subparsers(dest="action", metavar="ACTION", parser_class=_Parser)
-    model_commands.required = True
+    model_commands = _nested(commands, "models", "Convai's model groups (/llm-models/*)")
     ml = model_commands.add_parser("list", help="list registered groups")
     _add_config(ml)
     ml.add_argument("--json", action="store_true")
+    ml.set_defaults(func=cmd_models)
     for action, text in (
         ("register", "register a configured group"),
         ("update", "point a group at an endpoint"),
@@ -578,6 +583,7 @@ def build_parser() -> argparse.ArgumentParser:
         mp.add_argument("group", metavar="GROUP")
         mp.add_argument("--endpoint", metavar="NAME", help="configured endpoint (default: primary)")
         mp.add_argument("--display-name", metavar="TEXT")
+        mp.set_defaults(func=cmd_models)
         if action == "register":
             mp.add_argument("--model-name", metavar="NAME")
             mp.add_argument("--uncensored", action="store_true")
@@ -585,18 +591,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config(md)
     md.add_argument("group", metavar="GROUP")
     md.add_argument("--yes", action="store_true", help="confirm: characters on it stop working")
-    models.set_defaults(func=cmd_models)
+    md.set_defaults(func=cmd_models)
 
-    cfg = commands.add_parser("config", help="config file commands")
-    cfg_commands = cfg.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
-    cfg_commands.required = True
+    cfg_commands = _nested(commands, "config", "config file commands", "subcommand")
     validate = cfg_commands.add_parser("validate", help="load and validate the config")
     _add_config(validate)
     validate.set_defaults(func=cmd_config_validate)
 
-    db = commands.add_parser("db", help="database commands")
-    db_commands = db.add_subparsers(dest="subcommand", metavar="SUBCOMMAND", parser_class=_Parser)
-    db_commands.required = True
+    db_commands = _nested(commands, "db", "database commands", "subcommand")
     upgrade = db_commands.add_parser("upgrade", help="apply database migrations")
     _add_config(upgrade)
     upgrade.set_defaults(func=cmd_db_upgrade)

@@ -253,6 +253,22 @@ async def run_drill(
     }
 
 
+async def _play(config: Config, world: World, story: Story, *, drill: bool, praise: str) -> bool:
+    """Run the script, print the summary and the verdict; True when it went as expected."""
+    try:
+        result = await run_drill(config, world, story, drill=drill)
+    except DrillFailed as exc:
+        print(f"\nDRILL FAILED: {exc}", file=story.out)
+        return False
+    _summary(result, story, world)
+    problems = _check(result, world)
+    for problem in problems:
+        print(f"DRILL FAILED: {problem}", file=story.out)
+    if not problems:
+        print(f"\nDrill passed: {praise}", file=story.out)
+    return not problems
+
+
 def _check(result: dict[str, Any], world: World) -> list[str]:
     problems = []
     if result["moved_to"] != "openai" and world.group == DEMO_GROUP:
@@ -309,23 +325,16 @@ async def demo(out: TextIO, folder: Path, keep_running: bool = False) -> int:
             f"{world.group}  drill            Convai API, 3 endpoints and an alert receiver are "
             "up on loopback; group registered on vllm"
         )
-        try:
-            result = await run_drill(config, world, story)
-        except DrillFailed as exc:
-            print(f"\nDRILL FAILED: {exc}", file=out)
-            return 1
-        _summary(result, story, world)
-        problems = _check(result, world)
-        for problem in problems:
-            print(f"DRILL FAILED: {problem}", file=out)
-        if not problems:
-            print(
-                "\nDrill passed: outage noticed, group failed over, on-call paged, failed back.",
-                file=out,
-            )
+        passed = await _play(
+            config,
+            world,
+            story,
+            drill=False,
+            praise="outage noticed, group failed over, on-call paged, failed back.",
+        )
         if keep_running:
             await _keep_running(world, out)
-        return 1 if problems else 0
+        return 0 if passed else 1
     finally:
         world.stop()
 
@@ -445,21 +454,13 @@ async def drill(config: Config, group_name: str, out: TextIO, folder: Path) -> i
             f"{group_name}  drill            simulated endpoints and Convai API up; real alert "
             f"targets ({len(config.alerts.targets)}); alerts are marked DRILL"
         )
-        try:
-            result = await run_drill(drill_cfg, world, story, drill=True)
-        except DrillFailed as exc:
-            print(f"\nDRILL FAILED: {exc}", file=out)
-            return 1
-        _summary(result, story, world)
-        problems = _check(result, world)
-        for problem in problems:
-            print(f"DRILL FAILED: {problem}", file=out)
-        if not problems:
-            print(
-                f"\nDrill passed; {result['alerts_delivered']} alert(s) delivered to your "
-                "targets, marked DRILL.",
-                file=out,
-            )
-        return 1 if problems else 0
+        passed = await _play(
+            drill_cfg,
+            world,
+            story,
+            drill=True,
+            praise="your alert targets got the story, each alert marked DRILL.",
+        )
+        return 0 if passed else 1
     finally:
         world.stop()

@@ -4,11 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,34 +18,9 @@ from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.store.switching import SwitchLog
 from tests.conftest import CONVAI_KEY
-from tests.harness import GROUP, World, make_world
+from tests.harness import GROUP, World, daemon_process, make_world, poll
 
 Factory = Callable[..., EndpointSim]
-
-
-def poll(condition: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-@contextmanager
-def daemon(config_path: Path, log: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "run", "-c", str(config_path)],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def switches(config: Config) -> list[tuple[str, str]]:
@@ -73,7 +45,7 @@ def test_kill_9_between_intent_and_confirmation(world: World, landed: bool) -> N
     log = world.tmp_path / "daemon.log"
     world.convai.hang_next("update")  # the first update is held: no answer, nothing applied
     world.sims["a"].set(Behaviour.REFUSE)
-    with daemon(path, log) as proc:
+    with daemon_process(path, log) as proc:
         poll(lambda: ("intent", "b") in switches(config), 15, "intent")
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
@@ -92,7 +64,7 @@ def test_kill_9_between_intent_and_confirmation(world: World, landed: bool) -> N
         )
         assert response.status_code == 200
     updates_before = len([c for c in world.convai.calls_of("update") if c.status == 200])
-    with daemon(path, log) as proc:
+    with daemon_process(path, log) as proc:
         poll(lambda: any(s == "confirmed" for s, _ in switches(config)), 15, "confirmed switch")
         time.sleep(1.0)  # a double switch would show up within a few ticks
         proc.send_signal(signal.SIGTERM)

@@ -3,15 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
 import re
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -22,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from tests.conftest import CONVAI_KEY
-from tests.harness import GROUP, World, make_world
+from tests.harness import GROUP, World, daemon_process, make_world, poll
 
 Factory = Callable[..., EndpointSim]
 
@@ -31,34 +29,6 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
-
-
-def poll(condition: Callable[[], bool], limit: float, what: str) -> None:
-    deadline = time.monotonic() + limit
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-@contextmanager
-def daemon(
-    path: Path, log: Path, env: dict[str, str] | None = None
-) -> Iterator[subprocess.Popen[bytes]]:
-    with log.open("ab") as sink:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "run", "-c", str(path)],
-            stdout=sink,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env={**os.environ, **(env or {})},
-        )
-    try:
-        yield proc
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.wait(timeout=10)
 
 
 def get(url: str) -> httpx.Response | None:
@@ -80,7 +50,7 @@ def test_health_ready_and_metrics(world: World) -> None:
     port = world.port  # type: ignore[attr-defined]
     base = f"http://127.0.0.1:{port}"
     world.convai.delay = 0.0
-    with daemon(world.config_path(), world.tmp_path / "d.log") as proc:
+    with daemon_process(world.config_path(), world.tmp_path / "d.log") as proc:
         poll(
             lambda: (r := get(f"{base}/healthz")) is not None and r.status_code == 200,
             15,
@@ -146,7 +116,7 @@ def test_health_ready_and_metrics(world: World) -> None:
 def test_readyz_waits_for_convai(world: World) -> None:
     base = f"http://127.0.0.1:{world.port}"  # type: ignore[attr-defined]
     world.convai.refuse()
-    with daemon(world.config_path(), world.tmp_path / "d.log") as proc:
+    with daemon_process(world.config_path(), world.tmp_path / "d.log") as proc:
         poll(
             lambda: (r := get(f"{base}/healthz")) is not None and r.status_code == 200,
             15,
@@ -179,7 +149,7 @@ def test_systemd_notify_over_a_real_socket(world: World) -> None:
 
     env = {"NOTIFY_SOCKET": address, "WATCHDOG_USEC": "600000"}
     try:
-        with daemon(world.config_path(), world.tmp_path / "d.log", env) as proc:
+        with daemon_process(world.config_path(), world.tmp_path / "d.log", env) as proc:
             deadline = time.monotonic() + 15
             while not any("READY=1" in m for m in messages) and time.monotonic() < deadline:
                 drain()
@@ -200,7 +170,7 @@ def test_systemd_notify_over_a_real_socket(world: World) -> None:
 def test_sighup_reload_valid_and_invalid(world: World, tmp_path: Path, endpoints: Factory) -> None:
     path = world.config_path()
     log = tmp_path / "d.log"
-    with daemon(path, log) as proc:
+    with daemon_process(path, log) as proc:
         poll(lambda: world.sims["b"].requests >= 2, 15, "probing")
         # Invalid: the daemon keeps running on the old config and says why.
         good = path.read_text()
@@ -250,7 +220,7 @@ def test_sighup_reload_valid_and_invalid(world: World, tmp_path: Path, endpoints
 def test_sigterm_during_a_switch_exits_cleanly(world: World) -> None:
     world.convai.hang_next("update")
     log = world.tmp_path / "d.log"
-    with daemon(world.config_path(), log) as proc:
+    with daemon_process(world.config_path(), log) as proc:
         poll(lambda: world.sims["a"].requests >= 2, 15, "probing")
         world.sims["a"].set(Behaviour.REFUSE)
         poll(lambda: "switch_started" in log.read_text(), 15, "switch in flight")
@@ -264,7 +234,7 @@ def test_sigterm_during_a_switch_exits_cleanly(world: World) -> None:
 
 def test_second_daemon_on_the_same_database_is_refused(world: World) -> None:
     path = world.config_path()
-    with daemon(path, world.tmp_path / "one.log") as first:
+    with daemon_process(path, world.tmp_path / "one.log") as first:
         poll(lambda: world.sims["a"].requests >= 1, 15, "first daemon probing")
         second = subprocess.run(
             [sys.executable, "-m", "monitor", "run", "-c", str(path)],

@@ -16,22 +16,26 @@ class Jobs:
         self._running: set[asyncio.Task[object]] = set()
         self.stopping = False
 
-    def wrap(self, fn: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
-        async def run() -> None:
-            task = asyncio.current_task()
+    async def run(self, work: Awaitable[object]) -> None:
+        """Await `work`, tracked; a cancellation by drain() is not an error."""
+        task = asyncio.current_task()
+        if task is not None:
+            self._running.add(task)
+        try:
+            await work
+        except asyncio.CancelledError:
+            if not self.stopping:
+                raise
+        finally:
             if task is not None:
-                self._running.add(task)
-            try:
-                await fn()
-            except asyncio.CancelledError:
-                if not self.stopping:
-                    raise
-            finally:
-                if task is not None:
-                    self._running.discard(task)
+                self._running.discard(task)
 
-        run.__name__ = getattr(fn, "__qualname__", "job")
-        return run
+    def wrap(self, fn: Callable[[], Awaitable[object]]) -> Callable[[], Awaitable[None]]:
+        async def job() -> None:
+            await self.run(fn())
+
+        job.__name__ = getattr(fn, "__qualname__", "job")
+        return job
 
     async def drain(self, grace: float) -> None:
         self.stopping = True

@@ -28,6 +28,7 @@ from monitor.domain.health import Health, HealthState, Thresholds, Transition, i
 from monitor.domain.outcome import ProbeResult
 from monitor.metrics import Metrics
 from monitor.probes import ChatProber
+from monitor.runtime.jobs import Jobs
 from monitor.runtime.recorder import Recorder
 from monitor.store import EndpointKey
 
@@ -93,8 +94,7 @@ class Monitor:
         # 10 s overloads the loop and turns healthy endpoints into timeouts).
         self._grid: dict[EndpointKey, float] = {}
         self._due: dict[str, float] = {}
-        self._inflight: set[asyncio.Task[None]] = set()
-        self._stopping = False
+        self.jobs = Jobs()
         self._missed_logged_at = -MISSED_LOG_EVERY
         scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
@@ -156,18 +156,8 @@ class Monitor:
     # --- the tick ----------------------------------------------------------------------
 
     async def _run(self, key: EndpointKey) -> None:
-        task = asyncio.current_task()
-        if task is not None:
-            self._inflight.add(task)
-        try:
-            await self._tick(key)
-        except asyncio.CancelledError:
-            if not self._stopping:
-                raise
-            # A probe cut short by shutdown is not a job failure worth logging.
-        finally:
-            if task is not None:
-                self._inflight.discard(task)
+        # A probe cut short by shutdown is not a job failure worth logging.
+        await self.jobs.run(self._tick(key))
 
     async def _tick(self, key: EndpointKey) -> None:
         start = time.time()
@@ -273,12 +263,4 @@ class Monitor:
 
     async def drain(self, grace: float) -> None:
         """Wait for probes in flight to finish (bounded), then cancel the rest."""
-        self._stopping = True
-        pending = set(self._inflight)
-        if not pending:
-            return
-        _done, still = await asyncio.wait(pending, timeout=grace)
-        for task in still:
-            task.cancel()
-        if still:
-            await asyncio.gather(*still, return_exceptions=True)
+        await self.jobs.drain(grace)
