@@ -226,7 +226,7 @@ async def test_reminders_repeat_an_open_critical_incident(
         )
         world.sims["a"].set(Behaviour.OK)
         await wait_for(
-            lambda: any("recovered" in t for t in kinds(receiver, "all")), what="resolution"
+            lambda: any("recovered" in t for t in kinds(receiver, "pager")), what="resolution"
         )
     paged = kinds(receiver, "pager")
     assert paged[0] == f"[CRITICAL] {GROUP}: all endpoints down"

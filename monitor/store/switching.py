@@ -114,6 +114,22 @@ class SwitchLog:
         with self.store.session() as session:
             return {r.name: _group(r) for r in session.scalars(select(GroupRow))}
 
+    def snapshot(self, since: float) -> tuple[dict[str, GroupRecord], dict[str, tuple[float, ...]]]:
+        """Every group's record and its automatic switches since `since`, in one read."""
+        with self.store.session() as session:
+            groups = {r.name: _group(r) for r in session.scalars(select(GroupRow))}
+            times: dict[str, list[float]] = {}
+            for name, at in session.execute(
+                select(SwitchRow.group_name, SwitchRow.completed_at).where(
+                    SwitchRow.automatic.is_(True),
+                    SwitchRow.status == "confirmed",
+                    SwitchRow.completed_at >= since,
+                )
+            ):
+                if at is not None:
+                    times.setdefault(name, []).append(at)
+        return groups, {name: tuple(ts) for name, ts in times.items()}
+
     def group(self, name: str) -> GroupRecord | None:
         with self.store.session() as session:
             row = session.get(GroupRow, name)
