@@ -16,7 +16,7 @@ from typing import Any
 from monitor.app import Daemon, open_store
 from monitor.config import Config, load_config
 from monitor.sim.convai import ConvaiSim
-from monitor.sim.openai import EndpointSim
+from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.store.switching import SwitchLog
 from tests.conftest import MODEL, config_dict, write_config
 
@@ -63,6 +63,17 @@ async def wait_for(
             raise AssertionError(f"timed out after {limit}s waiting for {what}")
         await asyncio.sleep(0.02)
     return time.monotonic() - started
+
+
+async def settled(world: World) -> None:
+    """Every endpoint probed enough to be judged (rise is 2): a test that breaks one now
+    is not racing the first probes of the others."""
+    await wait_for(
+        lambda: all(
+            s.requests >= 3 for s in world.sims.values() if s.behaviour is not Behaviour.REFUSE
+        ),
+        what="every endpoint judged",
+    )
 
 
 @dataclass

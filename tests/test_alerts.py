@@ -17,7 +17,7 @@ from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.sim.receiver import AlertReceiver
 from tests.conftest import CONVAI_KEY
-from tests.harness import GROUP, World, make_world, running, wait_for
+from tests.harness import GROUP, World, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
 
@@ -171,6 +171,7 @@ async def test_flaky_receiver_gets_each_alert_once(
     async with running(config) as daemon:
         assert daemon.deliverer is not None
         daemon.deliverer.retry_base = 0.05
+        await settled(world)
         world.sims["a"].set(Behaviour.REFUSE)
         await wait_for(lambda: len(receiver.received) >= 1, what="delivered after retries")
     assert receiver.failed_posts == 2
@@ -197,6 +198,7 @@ async def test_undeliverable_alert_is_failed_and_shown(
     async with running(config) as daemon:
         assert daemon.deliverer is not None
         daemon.deliverer.retry_base = 0.05
+        await settled(world)
         world.sims["a"].set(Behaviour.REFUSE)
         await wait_for(
             lambda: daemon.deliverer is not None and daemon.deliverer.failed >= 1, what="gave up"
@@ -231,7 +233,7 @@ async def test_reminders_repeat_an_open_critical_incident(
     paged = kinds(receiver, "pager")
     assert paged[0] == f"[CRITICAL] {GROUP}: all endpoints down"
     assert paged.count(f"[CRITICAL] {GROUP}: all endpoints down") == 1  # one incident, not a storm
-    assert all("still unresolved" in t for t in paged[1:-1])
+    assert all("still unresolved" in t for t in paged[1:-1]), paged
     assert paged[-1] == f"[RESOLVED] {GROUP}: recovered; resolved"
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
-from tests.harness import World, make_world, running, wait_for
+from tests.harness import World, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
 
@@ -59,7 +59,7 @@ async def test_broken_first_fallback_is_skipped(world: World) -> None:
 async def test_blips_never_switch(world: World) -> None:
     config = world.config()
     async with running(config):
-        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        await settled(world)
         for _ in range(4):
             # two failures in a row, fall is 3: never judged down
             world.sims["a"].script([Behaviour.HTTP_500, Behaviour.HTTP_500])
@@ -72,7 +72,7 @@ async def test_blips_never_switch(world: World) -> None:
 async def test_all_down_waits_then_switches_when_one_recovers(world: World) -> None:
     config = world.config()
     async with running(config) as daemon:
-        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        await settled(world)
         for name in ("b", "c"):
             world.sims[name].set(Behaviour.HTTP_503)
         await wait_for(lambda: world.sims["b"].requests >= 6, what="fallbacks judged down")
@@ -93,7 +93,7 @@ async def test_update_fails_twice_then_succeeds(world: World) -> None:
     world.convai.fail_next("update", 500, times=2, message="Database error")
     config = world.config()
     async with running(config):
-        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        await settled(world)
         world.sims["a"].set(Behaviour.REFUSE)
         await wait_for(
             lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover"
@@ -106,7 +106,7 @@ async def test_update_fails_twice_then_succeeds(world: World) -> None:
 async def test_convai_unreachable_records_failed_switch_and_retries(world: World) -> None:
     config = world.config()
     async with running(config) as daemon:
-        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        await settled(world)
         world.convai.refuse()
         world.sims["a"].set(Behaviour.REFUSE)
         await wait_for(
@@ -127,7 +127,7 @@ async def test_auto_failback_only_after_the_delay(world: World) -> None:
     world.policy.update({"failback_after": 1.5, "min_dwell": 0.2})
     config = world.config()
     async with running(config):
-        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        await settled(world)
         world.sims["a"].set(Behaviour.REFUSE)
         await wait_for(
             lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover"
@@ -149,7 +149,7 @@ async def test_manual_failback_waits_for_an_operator(world: World) -> None:
     world.policy.update({"failback": "manual", "failback_after": 0.3, "min_dwell": 0.1})
     config = world.config()
     async with running(config):
-        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        await settled(world)
         world.sims["a"].set(Behaviour.REFUSE)
         await wait_for(
             lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover"
@@ -169,7 +169,7 @@ async def test_flapping_freezes_the_group(world: World) -> None:
     config = world.config()
     a = world.sims["a"]
     async with running(config):
-        await wait_for(lambda: a.requests >= 2, what="first probes")
+        await settled(world)
         a.set(Behaviour.REFUSE)
         await wait_for(
             lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover 1"
@@ -188,7 +188,7 @@ async def test_flapping_freezes_the_group(world: World) -> None:
 async def test_dry_run_changes_nothing_in_convai(world: World) -> None:
     config = world.config()
     async with running(config, dry_run=True):
-        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        await settled(world)
         world.sims["a"].set(Behaviour.REFUSE)
         await wait_for(lambda: "dry_run" in world.events(config), what="would switch")
         seen = world.sims["b"].requests
@@ -227,7 +227,7 @@ async def test_a_failing_update_pages_once_and_backs_off(world: World) -> None:
     world.convai.fail_next("update", 404, times=1000, message="Model not found")
     config = world.config()
     async with running(config):
-        await wait_for(lambda: world.sims["a"].requests >= 2, what="first probes")
+        await settled(world)
         world.sims["a"].set(Behaviour.REFUSE)
         await wait_for(lambda: len(world.convai.calls_of("update")) >= 1, what="first attempt")
         first = time.monotonic()

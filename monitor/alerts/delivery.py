@@ -131,23 +131,28 @@ class Deliverer:
         if not due:
             return 0
         loop = asyncio.get_running_loop()
+        by_target: dict[str, list[Delivery]] = {}
+        for delivery in due:
+            by_target.setdefault(delivery.target_id, []).append(delivery)
 
-        async def send(delivery: Delivery) -> tuple[Delivery, SendResult]:
-            result = await loop.run_in_executor(
-                self._threads,
-                self.notifier.send,
-                delivery.target_id,
-                delivery.title,
-                delivery.body,
-                delivery.notify_type,
-            )
-            return delivery, result
+        async def drain(queue: list[Delivery]) -> None:
+            # One target's alerts go out in the order they were written ("still
+            # unresolved" never after "resolved"), each recorded as soon as it is sent;
+            # targets are served side by side, so a slow one holds back no other.
+            for delivery in queue:
+                result = await loop.run_in_executor(
+                    self._threads,
+                    self.notifier.send,
+                    delivery.target_id,
+                    delivery.title,
+                    delivery.body,
+                    delivery.notify_type,
+                )
+                await self._record(delivery, result)
+                if not result.ok:
+                    return  # keep the order: the rest waits for this one's retry
 
-        # Each delivery is recorded the moment it completes: one slow target does not
-        # hold back the record of the others (a stop in between would resend them).
-        for finished in asyncio.as_completed([send(d) for d in due]):
-            delivery, result = await finished
-            await self._record(delivery, result)
+        await asyncio.gather(*(drain(queue) for queue in by_target.values()))
         return len(due)
 
     async def _record(self, delivery: Delivery, result: SendResult) -> None:

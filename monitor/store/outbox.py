@@ -181,9 +181,18 @@ class Deliveries:
 
     def due(self, now: float, limit: int = 50) -> list[Delivery]:
         with self.store.session() as session:
+            # A target with a row waiting for its retry gets nothing newer before it, so
+            # each target sees its alerts in order.
+            blocked = select(OutboxRow.target_id).where(
+                OutboxRow.status == PENDING, OutboxRow.next_attempt_at > now
+            )
             rows = session.scalars(
                 select(OutboxRow)
-                .where(OutboxRow.status == PENDING, OutboxRow.next_attempt_at <= now)
+                .where(
+                    OutboxRow.status == PENDING,
+                    OutboxRow.next_attempt_at <= now,
+                    OutboxRow.target_id.not_in(blocked),
+                )
                 .order_by(OutboxRow.id)
                 .limit(limit)
             ).all()
