@@ -111,6 +111,9 @@ class Policy(Strict):
     latency_threshold: Duration | None = None
     # Reasoning models spend tokens before they answer; 1 token makes them fail (LiteLLM).
     max_tokens: int = Field(default=16, ge=1, le=4096)
+    # Ask for a streamed answer (what a chat UI does); the probe then passes on the first
+    # chunk that carries a choice, and its latency is the time to that first chunk.
+    stream: bool = False
     prompt: str = Field(default="Reply with the single word OK.", min_length=1, max_length=2000)
     failback: Literal["auto", "manual"] = "auto"
     failback_after: Duration = 300.0

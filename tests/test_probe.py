@@ -160,3 +160,15 @@ async def test_echoed_key_is_redacted(endpoints: Factory, prober: ChatProber) ->
     assert result.detail is not None
     assert KEY not in result.detail
     assert KEY[-12:] not in result.detail
+
+
+async def test_streamed_probe(endpoints: Factory, prober: ChatProber) -> None:
+    sim = endpoints(api_key=KEY)
+    result = await prober.probe(target(sim, stream=True))
+    assert result.outcome is Outcome.OK, result.detail
+    request = sim.last_request
+    assert request is not None
+    assert request["json"]["stream"] is True
+    # A stream that never sends a choice is a bad response, not a pass.
+    sim.set(Behaviour.NO_CHOICES)
+    assert (await prober.probe(target(sim, stream=True))).outcome is Outcome.BAD_RESPONSE

@@ -92,11 +92,16 @@ def test_records_what_the_probe_sent(sim: EndpointSim, client: httpx.Client) -> 
     assert seen["json"] == {**CHAT, "stream": False}
 
 
-def test_stream_request_still_gets_one_json_body(sim: EndpointSim, client: httpx.Client) -> None:
+def test_stream_request_gets_server_sent_events(sim: EndpointSim, client: httpx.Client) -> None:
     response = chat(client, sim, stream=True)
 
     assert response.status_code == 200
-    assert response.json()["choices"][0]["message"]["content"] == "OK"
+    assert response.headers["content-type"] == "text/event-stream"
+    events = [line[6:] for line in response.text.splitlines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    first = json.loads(events[0])
+    assert first["object"] == "chat.completion.chunk"
+    assert first["choices"][0]["delta"]["content"] == "OK"
 
 
 @pytest.mark.parametrize(

@@ -40,7 +40,7 @@ def _payload(target: Target) -> dict[str, Any]:
         "messages": [{"role": "user", "content": target.policy.prompt}],
         "max_tokens": target.policy.max_tokens,
         "temperature": 0,
-        "stream": False,
+        "stream": target.policy.stream,
     }
 
 
@@ -91,6 +91,8 @@ def classify(reply: _Reply) -> tuple[Outcome, str | None, dict[str, Any] | None]
         return Outcome.BAD_RESPONSE, "response body over the size cap", None
     if "html" in reply.content_type.lower():
         return Outcome.BAD_RESPONSE, "HTML instead of JSON (a proxy or login page?)", None
+    if "event-stream" in reply.content_type.lower():
+        return _classify_stream(reply.body)
     try:
         data = json.loads(reply.body)
     except ValueError:
@@ -104,6 +106,23 @@ def classify(reply: _Reply) -> tuple[Outcome, str | None, dict[str, Any] | None]
     if not isinstance(first, dict) or not isinstance(first.get("message"), dict):
         return Outcome.BAD_RESPONSE, "choice without a message", None
     return Outcome.OK, None, data
+
+
+def _classify_stream(body: bytes) -> tuple[Outcome, str | None, dict[str, Any] | None]:
+    """A streamed completion passes on its first `data:` chunk that carries a choice."""
+    for line in body.decode("utf-8", "replace").splitlines():
+        if not line.startswith("data:"):
+            continue
+        payload = line[5:].strip()
+        if payload == "[DONE]":
+            break
+        try:
+            chunk = json.loads(payload)
+        except ValueError:
+            return Outcome.BAD_RESPONSE, "a stream chunk that is not JSON", None
+        if isinstance(chunk, dict) and isinstance(chunk.get("choices"), list) and chunk["choices"]:
+            return Outcome.OK, None, chunk
+    return Outcome.BAD_RESPONSE, "the stream carried no choice", None
 
 
 def _usage(data: dict[str, Any] | None) -> tuple[int | None, int | None]:
@@ -210,6 +229,9 @@ class ChatProber:
             chunks: list[bytes] = []
             size = 0
             truncated = False
+            streamed = target.policy.stream and "event-stream" in response.headers.get(
+                "content-type", ""
+            )
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > self._max_body:
@@ -218,6 +240,8 @@ class ChatProber:
                     truncated = True
                     break
                 chunks.append(chunk)
+                if streamed and b'"choices"' in chunk and b"\n\n" in b"".join(chunks):
+                    break  # the first complete event with a choice is all a probe needs
             elapsed_ms = (time.perf_counter() - started) * 1000.0
         finally:
             await response.aclose()

@@ -21,8 +21,8 @@ How a chat request is answered, in order:
 5. A wrong bearer key (when `api_key` is set) gets the 401, a body that is not a JSON object
    gets 400, a wrong `model` gets the 404 `model_not_found`; otherwise the behaviour answers.
 
-`stream: true` in a request is recorded but not honoured: the sim always answers with one
-non-streamed JSON body (except `ENDLESS`). A probe only needs to know the endpoint answers.
+`stream: true` is honoured by `OK` (a short server-sent-events answer ending in
+`[DONE]`); every other behaviour answers as it would without it.
 
 Run standalone (the benchmark does, to keep the simulated endpoints off its own process):
 
@@ -424,6 +424,8 @@ class _Handler(JsonHandler):
 
     def _answer(self, plan: _Plan, key: str | None, model: str, payload: dict[str, Any]) -> None:
         match plan.behaviour:
+            case Behaviour.OK if payload.get("stream") is True:
+                self._stream(model, payload)
             case Behaviour.OK:
                 self.send_json(200, self._completion(model, payload, "OK"))
             case Behaviour.NO_CHOICES:
@@ -518,6 +520,22 @@ class _Handler(JsonHandler):
                 "total_tokens": prompt_tokens + completion_tokens,
             },
         }
+
+    def _stream(self, model: str, payload: dict[str, Any]) -> None:
+        """A short server-sent-events answer, as an OpenAI streaming completion."""
+        completion = self._completion(model, payload, "OK")
+        events = []
+        for delta, finish in (({"role": "assistant", "content": "OK"}, None), ({}, "stop")):
+            chunk = {
+                "id": completion["id"],
+                "object": "chat.completion.chunk",
+                "created": completion["created"],
+                "model": model,
+                "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            }
+            events.append(f"data: {json.dumps(chunk)}\n\n")
+        events.append("data: [DONE]\n\n")
+        self.send_bytes(200, "".join(events).encode(), "text/event-stream")
 
     def _endless(self, stopped: threading.Event, model: str) -> None:
         self.send_response(200)
