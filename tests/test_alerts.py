@@ -257,15 +257,32 @@ async def test_no_secret_in_any_alert(
     world: World, receiver: AlertReceiver, tmp_path: Path
 ) -> None:
     world.sims["a"].echo_key = True
+    # A target whose URL carries a token and that never answers: its failures are logged.
+    dead = "json://127.0.0.1:9/hook-S3cretT0ken1234?token=Zz9secretvalue"
+    world.extra["alerts"]["targets"].append({"url": dead, "min_severity": "critical"})
     config = world.config()
-    async with running(config):
-        await wait_for(lambda: world.sims["b"].requests >= 2, what="probes")
+    logs = io.StringIO()
+    setup_logging("debug", stream=logs, json=True)
+    async with running(config) as daemon:
+        assert daemon.deliverer is not None
+        daemon.deliverer.retry_base = 0.05
+        await settled(world)
         world.sims["a"].api_key = "sk-rotated-000000000000"
         world.sims["a"].set(Behaviour.UNAUTHORIZED)
         await wait_for(
             lambda: any("failed over" in t for t in kinds(receiver, "pager")), what="page"
         )
-    secrets = [CONVAI_KEY, *world.keys.values(), receiver.url("all"), receiver.url("pager")]
+        await wait_for(lambda: "alert_delivery_retry" in logs.getvalue(), what="retry logged")
+    secrets = [
+        CONVAI_KEY,
+        *world.keys.values(),
+        receiver.url("all"),
+        receiver.url("pager"),
+        dead,
+        "S3cretT0ken1234",
+        "Zz9secretvalue",
+    ]
+    assert "targets[2] (json://...)" in logs.getvalue()
     text = "\n".join(r.title + r.message for r in receiver.received)
     conn = sqlite3.connect(tmp_path / "monitor.db")
     try:
@@ -275,6 +292,7 @@ async def test_no_secret_in_any_alert(
     for secret in secrets:
         assert secret not in text
         assert secret not in dump
+        assert secret not in logs.getvalue()
 
 
 def test_alerts_test_command(
