@@ -13,7 +13,8 @@ from monitor.store import Store
 from monitor.store.outbox import Deliveries
 from monitor.store.switching import GroupRecord, SwitchLog
 
-WINDOWS = {"1h": 3600.0, "24h": 86400.0}
+# Uptime over each window; 7d and 30d are answered from the hourly rollups.
+WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
 
 
 def iso(ts: float | None) -> str | None:

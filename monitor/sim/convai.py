@@ -43,10 +43,8 @@ Every response, errors included, carries a fresh UUID4 `transactionID`.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import signal
-import socket
 import sys
 import threading
 import time
@@ -212,13 +210,7 @@ class _Handler(JsonHandler):
 
     def setup(self) -> None:
         super().setup()
-        self.generation = self.sim._connection_opened(self)
-
-    def finish(self) -> None:
-        try:
-            super().finish()
-        finally:
-            self.sim._connection_closed(self)
+        self.generation = self.sim._generation_now()
 
     def handle(self) -> None:
         # A client that gives up (timeout) or a refuse() that cuts the socket is normal
@@ -269,7 +261,6 @@ class ConvaiSim:
         self._release = threading.Event()
         self._generation = 0
         self._up = False
-        self._connections: set[_Handler] = set()
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -288,14 +279,7 @@ class ConvaiSim:
             self._release.set()
             self._generation += 1
             self._up = False
-            connections = list(self._connections)
-        self._http.stop()
-        # The stdlib server keeps serving keep-alive connections after shutdown(); cut them
-        # so a client's pooled connection fails as it would against a dead Convai.
-        for handler in connections:
-            # OSError: the client closed it already, so there is nothing to cut.
-            with contextlib.suppress(OSError):
-                handler.connection.shutdown(socket.SHUT_RDWR)
+        self._http.stop()  # also cuts open keep-alive connections
 
     def refuse(self) -> None:
         """Go down on the same port: new connections are refused, open ones are cut."""
@@ -517,14 +501,9 @@ class ConvaiSim:
             seq=self._seq,
         )
 
-    def _connection_opened(self, handler: _Handler) -> int:
+    def _generation_now(self) -> int:
         with self._lock:
-            self._connections.add(handler)
             return self._generation
-
-    def _connection_closed(self, handler: _Handler) -> None:
-        with self._lock:
-            self._connections.discard(handler)
 
     def _serve(self, handler: _Handler, method: str) -> None:
         arrived = time.monotonic()

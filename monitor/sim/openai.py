@@ -36,14 +36,12 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import functools
 import itertools
 import json
 import os
 import random
 import signal
-import socket
 import stat
 import sys
 import threading
@@ -147,7 +145,6 @@ class EndpointSim:
         self._last_request: RecordedRequest | None = None
         self._changed = threading.Event()
         self._stopped = threading.Event()
-        self._connections: set[socket.socket] = set()
         self._ids = itertools.count(1)
 
         # Serialises start/stop/refuse/restore so that concurrent set() calls leave the
@@ -181,7 +178,6 @@ class EndpointSim:
             stopped.set()
             released.set()
             self._server.stop()
-            self._cut_connections()
 
     def __enter__(self) -> Self:
         self.start()
@@ -271,32 +267,9 @@ class EndpointSim:
         # Caller holds _listen_lock and the sim is running.
         refusing = self.behaviour is Behaviour.REFUSE
         if refusing and self._server.listening:
-            self._server.refuse()
-            # Closing the listener alone would leave keep-alive connections served by
-            # their handler threads, so a pooled client would never see the endpoint die.
-            self._cut_connections()
+            self._server.refuse()  # also cuts open keep-alive connections
         elif not refusing and not self._server.listening:
             self._server.restore()
-
-    def _cut_connections(self) -> None:
-        with self._lock:
-            connections = list(self._connections)
-        for conn in connections:
-            # OSError: already closed by its handler.
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def _track(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.add(conn)
-        # A connection accepted just before a refuse/stop would otherwise escape the cut.
-        if self.behaviour is Behaviour.REFUSE or not self._running:
-            with contextlib.suppress(OSError):
-                conn.shutdown(socket.SHUT_RDWR)
-
-    def _untrack(self, conn: socket.socket) -> None:
-        with self._lock:
-            self._connections.discard(conn)
 
     def flaky(
         self, rate: float, *, behaviour: Behaviour = Behaviour.HTTP_500, seed: int | None = None
@@ -331,14 +304,6 @@ class _Handler(JsonHandler):
         if not isinstance(sim, EndpointSim):
             raise TypeError("_Handler needs an EndpointSim as its server context")
         return sim
-
-    def setup(self) -> None:
-        super().setup()  # sets TCP_NODELAY
-        self.sim._track(self.connection)
-
-    def finish(self) -> None:
-        self.sim._untrack(self.connection)
-        super().finish()
 
     def handle(self) -> None:
         try:

@@ -6,6 +6,7 @@ simulated endpoint that hangs, or a daemon whose loop is busy, cannot stall the 
 
 from __future__ import annotations
 
+import contextlib
 import json
 import socket
 import threading
@@ -19,6 +20,34 @@ class _Server(ThreadingHTTPServer):
     # A burst of hundreds of probes must not overflow the accept queue.
     request_queue_size = 1024
 
+    def server_activate(self) -> None:
+        self.connections: set[socket.socket] = set()
+        self.connections_lock = threading.Lock()
+        self.closing = False
+        super().server_activate()
+
+    def track(self, conn: socket.socket) -> None:
+        with self.connections_lock:
+            self.connections.add(conn)
+            closing = self.closing
+        if closing:  # accepted just before a stop: it must not escape the cut
+            with contextlib.suppress(OSError):
+                conn.shutdown(socket.SHUT_RDWR)
+
+    def untrack(self, conn: socket.socket) -> None:
+        with self.connections_lock:
+            self.connections.discard(conn)
+
+    def cut(self) -> None:
+        """End every open connection: the stdlib keeps serving keep-alive connections
+        after shutdown(), so a pooled client would never see the server go away."""
+        with self.connections_lock:
+            self.closing = True
+            connections = list(self.connections)
+        for conn in connections:
+            with contextlib.suppress(OSError):  # closed by its handler already
+                conn.shutdown(socket.SHUT_RDWR)
+
 
 class JsonHandler(BaseHTTPRequestHandler):
     """Base handler: JSON helpers and no access log on stderr."""
@@ -30,6 +59,11 @@ class JsonHandler(BaseHTTPRequestHandler):
         # Headers and body go out in separate writes; with Nagle on, every keep-alive
         # answer would stall ~40 ms waiting for an ACK and swamp latency measurements.
         self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.server.track(self.connection)  # type: ignore[attr-defined]
+
+    def finish(self) -> None:
+        self.server.untrack(self.connection)  # type: ignore[attr-defined]
+        super().finish()
 
     def log_message(self, format: str, *args: Any) -> None:
         return
@@ -115,6 +149,7 @@ class LoopbackServer:
         if server is not None:
             server.shutdown()
             server.server_close()
+            server.cut()
         if thread is not None:
             thread.join(timeout=5)
 
