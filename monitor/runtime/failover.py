@@ -427,8 +427,14 @@ class Engine:
         noted = self.switcher.dry_run and name in self._dry_noted
         if decision.switches and (waiting or noted):
             # A switch is due but was just tried (backing off), or "would switch" was
-            # already recorded in a dry run: no probe, no Convai call this tick.
-            decision = Decision(Action.STAY, f"switch pending: {decision.reason}")
+            # already recorded in a dry run: no probe, no Convai call this tick, and the
+            # group's state still says what is wrong.
+            state = group_state(view, decision, now)
+            if waiting and record.condition == "failover_failed":
+                state = GroupState.DEGRADED
+            if state.value != record.state:
+                await self.write(self.switches.set_state, name, state.value)
+            return
         if decision.action is Action.FAILOVER and record.active_endpoint is not None:
             # Check before switching: probe the active endpoint once more. If it answers,
             # the decision turns into "stay" (see decide), which keeps a run of unlucky
@@ -440,8 +446,6 @@ class Engine:
                 view = self._view(group, record, switch_times, isolated=False)
                 decision = decide(view, now)
         state = group_state(view, decision, now)
-        if waiting and record.condition == "failover_failed":
-            state = GroupState.DEGRADED
         if state.value != record.state:
             await self.write(self.switches.set_state, name, state.value)
         if decision.action is Action.ALL_DOWN:
@@ -522,9 +526,8 @@ class Engine:
         if decision.switches:
             await self._switch(group, record, decision)
             return
-        if decision.action is Action.STAY and not decision.reason.startswith("switch pending"):
-            self._dry_noted.discard(name)
         if decision.action is Action.STAY:
+            self._dry_noted.discard(name)
             active = next((e for e in view.endpoints if e.name == view.active), None)
             if record.condition in _TROUBLE and active is not None and active.health is Health.UP:
                 await self._condition(
@@ -603,7 +606,10 @@ class Engine:
             reason=_reason(decision, evidence),
             detected_at=evidence.first_failure_at if decision.action is Action.FAILOVER else None,
             details=details,
-            announce_failure=record.condition != "failover_failed",
+            # A failed failback leaves the group on a working endpoint: recorded, not paged.
+            announce_failure=(
+                decision.action is Action.FAILOVER and record.condition != "failover_failed"
+            ),
         )
         try:
             outcome = await self.switcher.switch(
