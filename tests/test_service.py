@@ -183,8 +183,10 @@ def test_sighup_reload_valid_and_invalid(world: World, tmp_path: Path, endpoints
         # Valid: a new endpoint is probed, a removed one is not, history is kept.
         extra = endpoints(api_key="sk-new-endpoint-key-123456")
         data = yaml.safe_load(good)
+        rotated = dict(data["groups"][0]["endpoints"][0], api_key="sk-rotated-key-for-a-0000")
+        world.sims["a"].api_key = "sk-rotated-key-for-a-0000"  # a takes the new key only
         data["groups"][0]["endpoints"] = [
-            data["groups"][0]["endpoints"][0],
+            rotated,
             {"name": "c", "base_url": extra.base_url, "api_key": "sk-new-endpoint-key-123456"},
         ]
         path.write_text(yaml.safe_dump(data))
@@ -200,6 +202,10 @@ def test_sighup_reload_valid_and_invalid(world: World, tmp_path: Path, endpoints
     reloaded = next(line for line in lines if line["event"] == "config_reloaded")
     assert reloaded["added"] == [f"{GROUP}/c"]
     assert reloaded["removed"] == [f"{GROUP}/b"]
+    assert reloaded["changed"] == [f"{GROUP}/a"]
+    last = world.sims["a"].last_request
+    assert last is not None
+    assert last["headers"]["authorization"] == "Bearer sk-rotated-key-for-a-0000"
     import sqlite3
 
     conn = sqlite3.connect(tmp_path / "monitor.db")
