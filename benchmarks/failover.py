@@ -32,6 +32,7 @@ import yaml
 from monitor.app import Daemon, open_store
 from monitor.config import load_config
 from monitor.logs import setup_logging
+from monitor.loop import run as run_loop
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 
@@ -263,10 +264,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
         (Path(tmp) / "o").mkdir()
-        results["outages"] = asyncio.run(outages(args, Path(tmp) / "o"))
+        results["outages"] = run_loop(outages(args, Path(tmp) / "o"))
         if not args.skip_blips:
             (Path(tmp) / "b").mkdir()
-            results["blips"] = asyncio.run(blips(args, Path(tmp) / "b"))
+            results["blips"] = run_loop(blips(args, Path(tmp) / "b"))
     o = results["outages"]
     d = o["detection_to_switch_s"]
     print(

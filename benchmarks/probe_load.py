@@ -46,6 +46,7 @@ from monitor.domain.health import HealthState, Transition
 from monitor.domain.latency import percentile
 from monitor.domain.outcome import ProbeResult
 from monitor.logs import setup_logging
+from monitor.loop import run as run_loop
 from monitor.probes import ChatProber
 from monitor.runtime.monitor import Monitor
 from monitor.runtime.recorder import Recorder
@@ -379,7 +380,7 @@ def main(argv: list[str] | None = None) -> int:
             store = Store(f"sqlite:///{path}")
             try:
                 store.migrate()
-                summary = asyncio.run(measure(args, origin, store))
+                summary = run_loop(measure(args, origin, store))
                 size, rows = database_size(store, path)
             finally:
                 store.close()

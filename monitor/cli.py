@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import json
 import os
 import sys
@@ -15,6 +14,7 @@ from typing import Any, NoReturn
 from monitor import __version__
 from monitor.config import CONFIG_ENV, Config, ConfigError, load_config
 from monitor.logs import setup_logging
+from monitor.loop import run as run_loop
 from monitor.redact import redact
 from monitor.store import StoreError
 
@@ -71,7 +71,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     config = _config(args)
     if args.group is not None and config.group(args.group) is None:
         raise UsageError(f"no group named {args.group!r} in the config")
-    results = asyncio.run(check(config, args.group))
+    results = run_loop(check(config, args.group))
     if args.json:
         _json(check_report(results))
     else:
@@ -167,7 +167,7 @@ def _convai(config: Config) -> Any:
 
 
 def _run_async(coro: Any) -> Any:
-    return asyncio.run(coro)
+    return run_loop(coro)
 
 
 def cmd_failover(args: argparse.Namespace) -> int:
@@ -420,11 +420,11 @@ def cmd_demo(args: argparse.Namespace) -> int:
         folder = Path(args.dir or "convai-monitor-demo").resolve()
         folder.mkdir(parents=True, exist_ok=True)
         try:
-            return int(asyncio.run(demo(sys.stdout, folder, keep_running=True)))
+            return int(run_loop(demo(sys.stdout, folder, keep_running=True)))
         except KeyboardInterrupt:
             return EXIT_OK
     with tempfile.TemporaryDirectory(prefix="convai-monitor-demo-") as tmp:
-        return int(asyncio.run(demo(sys.stdout, Path(tmp))))
+        return int(run_loop(demo(sys.stdout, Path(tmp))))
 
 
 def cmd_drill(args: argparse.Namespace) -> int:
@@ -437,7 +437,7 @@ def cmd_drill(args: argparse.Namespace) -> int:
     setup_logging("critical")
     with tempfile.TemporaryDirectory(prefix="convai-monitor-drill-") as tmp:
         try:
-            return int(asyncio.run(drill(config, args.group, sys.stdout, Path(tmp))))
+            return int(run_loop(drill(config, args.group, sys.stdout, Path(tmp))))
         except DrillFailed as exc:
             raise UsageError(str(exc)) from None
 
@@ -457,7 +457,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             register=args.register,
         )
-        asyncio.run(daemon.run())
+        run_loop(daemon.run())
     finally:
         store.close()
     return EXIT_OK
