@@ -204,7 +204,19 @@ async def run_drill(
 
         story.say(f"{world.group}  drill            waiting for {world.primary} to be judged up")
         await _wait(f"{world.primary} up", healthy, story, STEP_TIMEOUT)
-        await asyncio.sleep(0.6)  # let the standby checks and their alerts land
+        # Every endpoint judged, and what that taught us (a broken standby) recorded,
+        # before the outage starts: the story reads in order.
+        await _wait(
+            "every endpoint judged",
+            lambda: all(
+                monitor.states.get((world.group, n)) is not None
+                and monitor.states[(world.group, n)].health.value != "unknown"
+                for n in world.endpoints
+            ),
+            story,
+            STEP_TIMEOUT,
+        )
+        await asyncio.sleep(0.3)
         story.say(
             f"{world.group}  drill            >>> {world.primary} stops accepting connections"
         )
