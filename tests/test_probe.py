@@ -11,6 +11,7 @@ from monitor.config import Policy, Target
 from monitor.domain.outcome import Outcome
 from monitor.probes import ChatProber
 from monitor.redact import redactor
+from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 
 KEY = "sk-canary-endpoint-key-0123456789"
@@ -141,14 +142,24 @@ async def test_latency_measures_the_request(endpoints: Factory, prober: ChatProb
     assert 100 <= result.latency_ms < 180
 
 
-async def test_wrong_path_is_a_4xx_not_model(endpoints: Factory, prober: ChatProber) -> None:
+async def test_probe_path_is_built_from_base_url(endpoints: Factory, prober: ChatProber) -> None:
     sim = endpoints()
-    result = await prober.probe(target(sim.origin + "/nothing-here"))
-    # The sim answers any path ending in /chat/completions, so this is served: prove the
-    # prober builds the path from base_url and a bad base_url is caught as such instead.
+    result = await prober.probe(target(sim.origin + "/prefix/v1"))
     assert result.outcome is Outcome.OK
     assert sim.last_request is not None
-    assert sim.last_request["path"] == "/nothing-here/chat/completions"
+    assert sim.last_request["path"] == "/prefix/v1/chat/completions"
+
+
+async def test_404_that_is_not_about_the_model_is_a_4xx(
+    convai: ConvaiSim, prober: ChatProber
+) -> None:
+    # A base_url pointing at something that is not an OpenAI endpoint (here Convai's own
+    # API) answers 404 "Not found": a wrong URL, not a missing model.
+    result = await prober.probe(target(convai.base_url + "/v1"))
+    assert result.outcome is Outcome.HTTP_4XX
+    assert result.http_status == 404
+    assert result.detail is not None
+    assert "check base_url" in result.detail
 
 
 async def test_echoed_key_is_redacted(endpoints: Factory, prober: ChatProber) -> None:

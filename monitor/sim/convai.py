@@ -54,10 +54,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from http import HTTPStatus
-from types import FrameType, TracebackType
-from typing import Any, Literal, Self
+from types import FrameType
+from typing import Any, Literal
 
-from monitor.sim.server import JsonHandler, LoopbackServer
+from monitor.sim.server import JsonHandler, LoopbackServer, Running
 
 Op = Literal["register", "update", "deregister", "list"]
 
@@ -236,7 +236,7 @@ class _Handler(JsonHandler):
         self.sim._serve(self, "DELETE")
 
 
-class ConvaiSim:
+class ConvaiSim(Running):
     """A local Convai Custom LLM API on `127.0.0.1`.
 
     Each key in `api_keys` is a separate Convai account with its own models. The first key
@@ -288,18 +288,6 @@ class ConvaiSim:
     def restore(self) -> None:
         """Listen again on the port used before `refuse()`; the models are kept."""
         self.start()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     @property
     def base_url(self) -> str:

@@ -49,11 +49,11 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from types import FrameType, TracebackType
-from typing import Any, Self, TypedDict
+from types import FrameType
+from typing import Any, TypedDict
 from urllib.parse import urlsplit
 
-from monitor.sim.server import JsonHandler, LoopbackServer
+from monitor.sim.server import JsonHandler, LoopbackServer, Running
 
 __all__ = ["Behaviour", "EndpointSim", "RecordedRequest", "main"]
 
@@ -107,7 +107,7 @@ class _Plan:
     stopped: threading.Event  # set when the sim stops
 
 
-class EndpointSim:
+class EndpointSim(Running):
     """An OpenAI-compatible chat-completions endpoint on 127.0.0.1 (see the module doc).
 
     `set()`, `script()` and the attributes may be changed from any thread while handler
@@ -178,18 +178,6 @@ class EndpointSim:
             stopped.set()
             released.set()
             self._server.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.stop()
 
     # -- addresses -----------------------------------------------------------------------
 

@@ -10,9 +10,9 @@ import json
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Self
+from typing import Any
 
-from monitor.sim.server import JsonHandler, LoopbackServer
+from monitor.sim.server import JsonHandler, LoopbackServer, Running
 
 
 @dataclass(frozen=True, slots=True)
@@ -25,7 +25,7 @@ class Received:
     raw: dict[str, Any]
 
 
-class AlertReceiver:
+class AlertReceiver(Running):
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._received: list[Received] = []
@@ -38,13 +38,6 @@ class AlertReceiver:
 
     def stop(self) -> None:
         self._server.stop()
-
-    def __enter__(self) -> Self:
-        self.start()
-        return self
-
-    def __exit__(self, *_exc: object) -> None:
-        self.stop()
 
     def url(self, path: str = "alerts") -> str:
         """An apprise URL that posts JSON here."""
