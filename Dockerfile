@@ -9,7 +9,7 @@ COPY monitor ./monitor
 COPY migrations ./migrations
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/venv/bin/pip install --no-cache-dir .
+ && /opt/venv/bin/pip install --no-cache-dir '.[postgres]'
 
 FROM python:3.12-slim
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin monitor \
@@ -20,7 +20,8 @@ ENV PATH=/opt/venv/bin:$PATH \
     CONVAI_MONITOR_CONFIG=/etc/convai-monitor/config.yaml
 USER monitor
 WORKDIR /data
-# The SQLite database: point storage.url at sqlite:////data/convai-monitor.db.
+# The SQLite database: point storage.url at sqlite:////data/convai-monitor.db (one instance),
+# or at a shared postgresql+psycopg://... for several (the driver is installed).
 VOLUME ["/data"]
 # server.listen must be set (e.g. 0.0.0.0:9478) for the health check and Prometheus.
 EXPOSE 9478
