@@ -41,21 +41,15 @@ def result(at: float, ok: bool = True, latency: float = 100.0) -> ProbeResult:
         # nothing probed: every day is unknown, not 0% and not 100%
         ([], {}),
         # two hours today: 3 of 4 passed
-        ([HourStats(NOW - HOUR, 2, 2, {}), HourStats(NOW - 2 * HOUR, 2, 1, {})], {-1: 75.0}),
+        ([(HOUR, 2, 2), (2 * HOUR, 2, 1)], {-1: 75.0}),
         # yesterday and 89 days back (the first cell); 90 days back falls off the bar
-        (
-            [
-                HourStats(NOW - DAY, 10, 10, {}),
-                HourStats(NOW - 89 * DAY, 4, 0, {}),
-                HourStats(NOW - 90 * DAY, 4, 4, {}),
-            ],
-            {-2: 100.0, 0: 0.0},
-        ),
+        ([(DAY, 10, 10), (89 * DAY, 4, 0), (90 * DAY, 4, 4)], {-2: 100.0, 0: 0.0}),
     ],
 )
-def test_daily_uptime(hours: list[HourStats], expected: dict[int, float]) -> None:
-    aligned = [HourStats(int(h.hour // HOUR) * HOUR, h.probes, h.successes, {}) for h in hours]
-    days = daily_uptime(aligned, NOW, PAGE_DAYS)
+def test_daily_uptime(hours: list[tuple[int, int, int]], expected: dict[int, float]) -> None:
+    """`hours` are (seconds before NOW, probes, successes)."""
+    stats = [HourStats(int((NOW - ago) // HOUR) * HOUR, p, s, {}) for ago, p, s in hours]
+    days = daily_uptime(stats, NOW, PAGE_DAYS)
     assert len(days) == PAGE_DAYS
     assert days[-1].day == "2027-01-15"  # today (NOW), UTC
     assert days[0].day == "2026-10-18"
