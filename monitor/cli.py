@@ -98,7 +98,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from monitor.app import open_store
-    from monitor.report import fmt_ms, fmt_pct, status_report, table
+    from monitor.report import fmt_ms, fmt_pct, table
+    from monitor.state import State
 
     config = _config(args)
     store = open_store(config, migrate=False)
@@ -108,7 +109,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "database has no current schema: run `convai-monitor db upgrade -c FILE` "
                 "or start the daemon once"
             )
-        report = status_report(config, store, time.time())
+        report = State(config, store).status(time.time())
     finally:
         store.close()
     if args.json:
@@ -255,8 +256,9 @@ def cmd_unpin(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from monitor.app import open_store
     from monitor.durations import parse_duration
-    from monitor.ops import event_dict, history, require_group
+    from monitor.ops import require_group
     from monitor.report import table
+    from monitor.state import State
 
     config = _config(args)
     if args.group is not None:
@@ -267,7 +269,7 @@ def cmd_history(args: argparse.Namespace) -> int:
         raise UsageError(f"--since: {exc}") from None
     store = open_store(config)
     try:
-        events = [event_dict(e) for e in history(store, args.group, since)]
+        events = State(config, store).history(args.group, since, time.time())
     finally:
         store.close()
     if args.json:
@@ -290,12 +292,14 @@ def cmd_history(args: argparse.Namespace) -> int:
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from monitor.app import open_store
-    from monitor.ops import explain
+    from monitor.ops import require_group
+    from monitor.state import State
 
     config = _config(args)
+    require_group(config, args.group)
     store = open_store(config)
     try:
-        lines = explain(config, store, args.group, time.time())
+        lines = State(config, store).explain(args.group, time.time())
     finally:
         store.close()
     for line in lines:
