@@ -104,7 +104,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
 def cmd_status(args: argparse.Namespace) -> int:
     from monitor.app import open_store
-    from monitor.report import fmt_ms, fmt_pct, status_report, table
+    from monitor.report import fmt_ms, fmt_pct, table
+    from monitor.state import State
 
     config = _config(args)
     store = open_store(config, migrate=False)
@@ -114,7 +115,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "database has no current schema: run `convai-monitor db upgrade -c FILE` "
                 "or start the daemon once"
             )
-        report = status_report(config, store, time.time())
+        report = State(config, store).status(time.time())
     finally:
         store.close()
     if args.json:
@@ -268,8 +269,9 @@ def cmd_unpin(args: argparse.Namespace) -> int:
 def cmd_history(args: argparse.Namespace) -> int:
     from monitor.app import open_store
     from monitor.durations import parse_duration
-    from monitor.ops import event_dict, history, require_group
+    from monitor.ops import require_group
     from monitor.report import history_lines
+    from monitor.state import State, event_dict
 
     config = _config(args)
     if args.group is not None:
@@ -280,7 +282,8 @@ def cmd_history(args: argparse.Namespace) -> int:
         raise UsageError(f"--since: {exc}") from None
     store = open_store(config)
     try:
-        records = history(store, args.group, since)
+        now = time.time()
+        records = State(config, store).switches.history(args.group, now - since)
     finally:
         store.close()
     if args.json:
@@ -290,19 +293,21 @@ def cmd_history(args: argparse.Namespace) -> int:
         _out(f"no events in the last {args.since}")
         return EXIT_OK
     width = shutil.get_terminal_size((100, 24)).columns
-    for line in history_lines(records, time.time(), width):
+    for line in history_lines(records, now, width):
         _out(line)
     return EXIT_OK
 
 
 def cmd_explain(args: argparse.Namespace) -> int:
     from monitor.app import open_store
-    from monitor.ops import explain
+    from monitor.ops import require_group
+    from monitor.state import State
 
     config = _config(args)
+    require_group(config, args.group)
     store = open_store(config)
     try:
-        lines = explain(config, store, args.group, time.time())
+        lines = State(config, store).explain(args.group, time.time())
     finally:
         store.close()
     for line in lines:
