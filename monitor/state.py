@@ -213,8 +213,10 @@ class State:
         deliveries = Deliveries(store).summary()
         last_failure = deliveries.last_failure
         if last_failure is not None:
-            key = str(last_failure.pop("target_id", ""))
-            last_failure["target"] = self._target_names().get(key, "a target no longer configured")
+            failed_id = str(last_failure.pop("target_id", ""))
+            last_failure["target"] = self._target_names().get(
+                failed_id, "a target no longer configured"
+            )
         return {
             "generated_at": iso(now),
             "groups": groups,
