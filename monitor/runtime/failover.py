@@ -28,9 +28,9 @@ from monitor.domain.failover import (
     decide,
     group_state,
 )
-from monitor.domain.health import Health, HealthState, Transition
+from monitor.domain.health import Health, HealthState, Transition, clean, recovering
 from monitor.domain.outcome import Outcome, ProbeResult, Verdict
-from monitor.runtime.monitor import Monitor
+from monitor.runtime.monitor import Monitor, thresholds
 from monitor.runtime.notices import Notices
 from monitor.runtime.switcher import Switcher, SwitchOutcome, SwitchRequest
 from monitor.store.switching import GroupRecord, SwitchLog
@@ -463,12 +463,21 @@ class Engine:
         isolated: bool,
     ) -> GroupView:
         policy = group.policy
+        limits = thresholds(policy)
+        now = time.time()
         endpoints = []
         for endpoint in group.endpoints:
             state = self.monitor.states.get((group.model_group_name, endpoint.name), HealthState())
             up_since = state.since if state.health is Health.UP else None
-            answering = state.successes > 0
-            endpoints.append(EndpointView(endpoint.name, state.health, up_since, answering))
+            endpoints.append(
+                EndpointView(
+                    endpoint.name,
+                    state.health,
+                    up_since,
+                    answering=recovering(state, now, limits),
+                    clean=clean(state, now, limits),
+                )
+            )
         return GroupView(
             name=group.model_group_name,
             endpoints=tuple(endpoints),
