@@ -261,11 +261,36 @@ class Deliveries:
                     "kind": last.kind,
                     "attempts": last.attempts,
                     "error": last.last_error,
+                    "target_id": last.target_id,
                 }
             )
         return DeliverySummary(
             counts.get(PENDING, 0), counts.get(DELIVERED, 0), counts.get(FAILED, 0), failure
         )
+
+    def finished(self, since: float, names: dict[str, str]) -> list[dict[str, Any]]:
+        """Alerts delivered or given up on since `since`, for the timeline. `names` maps a
+        target id to how the target is shown (never its URL)."""
+        last_attempt = func.max(AttemptRow.at)
+        with self.store.session() as session:
+            rows = session.execute(
+                select(OutboxRow, last_attempt)
+                .outerjoin(AttemptRow, AttemptRow.outbox_id == OutboxRow.id)
+                .where(OutboxRow.status.in_((DELIVERED, FAILED)), OutboxRow.created_at >= since)
+                .group_by(OutboxRow.id)
+            ).all()
+            return [
+                {
+                    "at": r.delivered_at if r.status == DELIVERED else (at or r.next_attempt_at),
+                    "group": r.group_name,
+                    "kind": r.kind,
+                    "status": r.status,
+                    "attempts": r.attempts,
+                    "error": r.last_error,
+                    "target": names.get(r.target_id, "a target no longer configured"),
+                }
+                for r, at in rows
+            ]
 
     def attempts(self) -> list[tuple[int, bool, str | None]]:
         with self.store.session() as session:

@@ -51,6 +51,16 @@ class WindowStats:
 
 
 @dataclass(frozen=True, slots=True)
+class HourStats:
+    """One endpoint's probes in one hour: a rollup, or the raw rows not rolled up yet."""
+
+    hour: int  # epoch seconds, hour start
+    probes: int
+    successes: int
+    histogram: dict[int, int]  # latency buckets of successful probes; {} when not asked for
+
+
+@dataclass(frozen=True, slots=True)
 class LastProbe:
     at: float
     ok: bool
@@ -339,6 +349,51 @@ class Store:
             successes += row.successes
             merge(hist, {int(k): n for k, n in json.loads(row.histogram).items()})
         return WindowStats(probes, successes, hist_percentile(hist, 50), hist_percentile(hist, 95))
+
+    def hours(
+        self, endpoint_id: int, start: float, now: float, *, histograms_from: float
+    ) -> list[HourStats]:
+        """Per hour from `start` to `now`, oldest first: rollups for rolled-up hours, raw rows
+        for the rest. Latency histograms only for hours from `histograms_from` (parsing 90
+        days of them for a bar of uptime would be wasted work)."""
+        first_hour = int(start // HOUR) * HOUR
+        with self.session() as session:
+            rolled = int(self._meta(session, "rolled_until") or 0)
+            rollups = session.execute(
+                select(
+                    RollupRow.hour, RollupRow.probes, RollupRow.successes, RollupRow.histogram
+                ).where(
+                    RollupRow.endpoint_id == endpoint_id,
+                    RollupRow.hour >= first_hour,
+                    RollupRow.hour < rolled,
+                )
+            ).all()
+            raw = session.execute(
+                select(ResultRow.at, ResultRow.ok, ResultRow.latency_ms).where(
+                    ResultRow.endpoint_id == endpoint_id,
+                    ResultRow.at >= max(first_hour, rolled),
+                    ResultRow.at <= now,
+                )
+            ).all()
+        out: dict[int, HourStats] = {}
+        for hour, probes, successes, text in rollups:
+            hist = (
+                {int(k): n for k, n in json.loads(text).items()}
+                if hour + HOUR > histograms_from
+                else {}
+            )
+            out[hour] = HourStats(hour, probes, successes, hist)
+        acc: dict[int, tuple[int, int, list[float]]] = {}
+        for at, ok, latency in raw:
+            hour = int(at // HOUR) * HOUR
+            probes, successes, values = acc.get(hour, (0, 0, []))
+            if ok and latency is not None:
+                values.append(latency)
+            acc[hour] = (probes + 1, successes + (1 if ok else 0), values)
+        for hour, (probes, successes, values) in acc.items():
+            hist = histogram(values) if hour + HOUR > histograms_from else {}
+            out[hour] = HourStats(hour, probes, successes, hist)
+        return [out[h] for h in sorted(out)]
 
     def rollup(self, now: float) -> int:
         """Fold every complete hour not yet rolled up into rollups; return hours folded."""

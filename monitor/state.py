@@ -1,0 +1,358 @@
+"""What is the state: the one place that reads it from the database.
+
+`status`, `history` and `explain` on the command line and the status page (`GET /`,
+`/api/*`) are renderings of what this module answers; none of them queries the store
+itself. Everything here is plain data (dicts of JSON types, lists of lines): text, JSON
+and HTML are made elsewhere.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from monitor.config import Config, display_url
+from monitor.domain.health import Health
+from monitor.domain.latency import hist_percentile
+from monitor.durations import format_duration
+from monitor.report import iso
+from monitor.store import Store
+from monitor.store.outbox import Deliveries
+from monitor.store.store import HOUR, HourStats, WindowStats
+from monitor.store.switching import EventRecord, GroupRecord, SwitchLog
+
+# Uptime over each window; 7d and 30d are answered from the hourly rollups.
+WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
+DAY = 86400
+# The page's bar of days (Gatus and Uptime Kuma show about this much) and latency chart.
+PAGE_DAYS = 90
+PAGE_HOURS = 24
+
+
+def _round(value: float | None, digits: int = 1) -> float | None:
+    return None if value is None else round(value, digits)
+
+
+def _latency(window: WindowStats | None) -> dict[str, float | None]:
+    if window is None:
+        return {"p50": None, "p95": None}
+    return {"p50": _round(window.p50_ms), "p95": _round(window.p95_ms)}
+
+
+def _pinned(record: GroupRecord | None, now: float) -> bool:
+    return record is not None and record.pinned_until is not None and record.pinned_until > now
+
+
+def event_dict(event: EventRecord) -> dict[str, Any]:
+    details = event.details or {}
+    return {
+        "at": iso(event.at),
+        "model_group_name": event.group,
+        "kind": event.kind,
+        "message": event.message,
+        "transaction_id": details.get("transaction_id"),
+        "detection_to_switch_s": details.get("detection_to_switch_s"),
+        "details": details or None,
+    }
+
+
+@dataclass(frozen=True, slots=True)
+class DayUptime:
+    day: str  # YYYY-MM-DD, UTC
+    probes: int
+    uptime: float | None  # percent; None: nothing probed that day
+
+
+@dataclass(frozen=True, slots=True)
+class HourLatency:
+    hour: str  # ISO time of the hour's start
+    probes: int
+    p50: float | None
+    p95: float | None
+
+
+def daily_uptime(hours: list[HourStats], now: float, days: int) -> list[DayUptime]:
+    """One entry per UTC day, oldest first, the last being today (so far)."""
+    today = int(now // DAY) * DAY
+    first = today - (days - 1) * DAY
+    probes = [0] * days
+    successes = [0] * days
+    for h in hours:
+        index = (int(h.hour) - first) // DAY
+        if 0 <= index < days:
+            probes[index] += h.probes
+            successes[index] += h.successes
+    return [
+        DayUptime(
+            datetime.fromtimestamp(first + i * DAY, UTC).date().isoformat(),
+            probes[i],
+            round(successes[i] * 100.0 / probes[i], 3) if probes[i] else None,
+        )
+        for i in range(days)
+    ]
+
+
+def hourly_latency(hours: list[HourStats], now: float, count: int) -> list[HourLatency]:
+    """p50/p95 of successful probes per hour over the last `count` hours, oldest first."""
+    current = int(now // HOUR) * HOUR
+    first = current - (count - 1) * HOUR
+    by_hour = {int(h.hour): h for h in hours if int(h.hour) >= first}
+    out = []
+    for i in range(count):
+        start = first + i * HOUR
+        h = by_hour.get(start)
+        hist = h.histogram if h is not None else {}
+        out.append(
+            HourLatency(
+                iso(start) or "",
+                h.probes if h is not None else 0,
+                _round(hist_percentile(hist, 50)),
+                _round(hist_percentile(hist, 95)),
+            )
+        )
+    return out
+
+
+class State:
+    """Reads the state of every configured group from the store, for one `now`."""
+
+    def __init__(self, config: Config, store: Store) -> None:
+        self.config = config
+        self.store = store
+        self.switches = SwitchLog(store)
+
+    # --- status --------------------------------------------------------------------------
+
+    def status(self, now: float) -> dict[str, Any]:
+        """Per group and endpoint, what the daemon has recorded. Shape documented in README."""
+        store = self.store
+        ids = store.endpoint_ids()
+        health = store.health()
+        records = self.switches.groups()
+        groups = []
+        for group in self.config.groups:
+            endpoints = []
+            for endpoint in group.endpoints:
+                key = (group.model_group_name, endpoint.name)
+                endpoint_id = ids.get(key)
+                state = health.get(key)
+                last = store.last_probe(endpoint_id) if endpoint_id is not None else None
+                windows = {
+                    name: store.window(endpoint_id, seconds, now)
+                    if endpoint_id is not None
+                    else None
+                    for name, seconds in WINDOWS.items()
+                }
+                endpoints.append(
+                    {
+                        "name": endpoint.name,
+                        # Query strings can carry tokens: never shown.
+                        "base_url": display_url(endpoint.base_url),
+                        "health": (state.health if state else Health.UNKNOWN).value,
+                        "health_since": iso(state.since) if state else None,
+                        "last_probe": None
+                        if last is None
+                        else {
+                            "at": iso(last.at),
+                            "ok": last.ok,
+                            "outcome": last.outcome,
+                            "latency_ms": _round(last.latency_ms),
+                            "http_status": last.http_status,
+                            "detail": last.detail,
+                        },
+                        "uptime": {
+                            name: _round(w.uptime * 100.0, 3)
+                            if w and w.uptime is not None
+                            else None
+                            for name, w in windows.items()
+                        },
+                        "latency_ms": _latency(windows["1h"]),
+                        "latency_ms_24h": _latency(windows["24h"]),
+                    }
+                )
+            record = records.get(group.model_group_name)
+            switch = self.switches.last_switch(group.model_group_name)
+            pinned = _pinned(record, now)
+            groups.append(
+                {
+                    "model_group_name": group.model_group_name,
+                    "state": None if record is None else "pinned" if pinned else record.state,
+                    "active_endpoint": record.active_endpoint if record else None,
+                    "registered_base_url": display_url(record.registered_base_url)
+                    if record and record.registered_base_url
+                    else None,
+                    "condition": record.condition if record else None,
+                    "pinned": {
+                        "endpoint": record.pinned_endpoint,
+                        "until": iso(record.pinned_until),
+                    }
+                    if pinned and record is not None
+                    else None,
+                    "last_switch": None
+                    if switch is None
+                    else {
+                        "at": iso(switch.completed_at),
+                        "from": switch.from_endpoint,
+                        "to": switch.to_endpoint,
+                        "kind": switch.kind,
+                        "reason": switch.reason,
+                        "transaction_id": switch.transaction_id,
+                    },
+                    "endpoints": endpoints,
+                }
+            )
+        unmonitored = [
+            {
+                "model_group_name": r.name,
+                "base_url": display_url(r.registered_base_url) if r.registered_base_url else None,
+            }
+            for r in records.values()
+            if not r.monitored and self.config.group(r.name) is None
+        ]
+        deliveries = Deliveries(store).summary()
+        last_failure = deliveries.last_failure
+        if last_failure is not None:
+            failed_id = str(last_failure.pop("target_id", ""))
+            last_failure["target"] = self._target_names().get(
+                failed_id, "a target no longer configured"
+            )
+        return {
+            "generated_at": iso(now),
+            "groups": groups,
+            "unmonitored": unmonitored,
+            "alerts": {
+                "pending": deliveries.pending,
+                "delivered": deliveries.delivered,
+                "failed": deliveries.failed,
+                "last_failure": last_failure,
+            },
+        }
+
+    # --- history -------------------------------------------------------------------------
+
+    def history(self, group: str | None, since: float, now: float) -> list[dict[str, Any]]:
+        """The audit log of the last `since` seconds, oldest first."""
+        return [event_dict(e) for e in self.switches.history(group, now - since)]
+
+    # --- the page ------------------------------------------------------------------------
+
+    def page(self, now: float, since: float = DAY * 7) -> dict[str, Any]:
+        """`status` plus what the page draws: per endpoint a bar of days and a latency
+        series, and the timeline (events and alert deliveries) newest first."""
+        status = self.status(now)
+        ids = self.store.endpoint_ids()
+        start = (int(now // DAY) - (PAGE_DAYS - 1)) * DAY
+        for group in status["groups"]:
+            for endpoint in group["endpoints"]:
+                endpoint_id = ids.get((group["model_group_name"], endpoint["name"]))
+                recent = now - PAGE_HOURS * HOUR
+                hours = (
+                    self.store.hours(endpoint_id, start, now, histograms_from=recent)
+                    if endpoint_id is not None
+                    else []
+                )
+                endpoint["days"] = [
+                    {"day": d.day, "probes": d.probes, "uptime": d.uptime}
+                    for d in daily_uptime(hours, now, PAGE_DAYS)
+                ]
+                endpoint["latency_hours"] = [
+                    {"hour": h.hour, "probes": h.probes, "p50": h.p50, "p95": h.p95}
+                    for h in hourly_latency(hours, now, PAGE_HOURS)
+                ]
+        events = self.switches.history(None, now - since)
+        timeline = [{**event_dict(e), "source": "event"} for e in events]
+        timeline += [
+            {
+                "at": iso(d["at"]),
+                "model_group_name": d["group"],
+                "kind": "alert_" + d["status"],
+                "message": f"alert about {d['kind']} {d['status']} to {d['target']}"
+                + (f" after {d['attempts']} attempts: {d['error']}" if d["error"] else ""),
+                "transaction_id": None,
+                "detection_to_switch_s": None,
+                "details": None,
+                "source": "alert",
+            }
+            for d in Deliveries(self.store).finished(now - since, self._target_names())
+        ]
+        timeline.sort(key=lambda e: e["at"] or "", reverse=True)
+        status["timeline"] = timeline
+        status["timeline_since"] = iso(now - since)
+        return status
+
+    def _target_names(self) -> dict[str, str]:
+        from monitor.alerts.targets import target_names
+
+        targets = self.config.alerts.targets
+        return target_names([(t.url.get_secret_value(), t.name) for t in targets])
+
+    # --- explain -------------------------------------------------------------------------
+
+    def explain(self, group_name: str, now: float) -> list[str]:
+        """Why the group is on its endpoint now, in plain words, from the records."""
+        group = self.config.group(group_name)
+        assert group is not None, "callers check the group exists"
+        switches = self.switches
+        record = switches.group(group_name)
+        if record is None:
+            return [f"{group_name}: the daemon has not recorded anything about this group yet."]
+        health = self.store.health()
+        lines = []
+        active = record.active_endpoint
+        primary = group.primary.name
+        if active is None:
+            lines.append(
+                f"{group_name} points at {display_url(record.registered_base_url)}, which is none "
+                "of the configured endpoints: someone changed it outside this daemon, so it is "
+                "left alone."
+            )
+        elif active == primary:
+            lines.append(f"{group_name} is on its primary endpoint, {primary}.")
+        else:
+            lines.append(f"{group_name} is on {active}, not on its primary {primary}.")
+        last = switches.last_switch(group_name)
+        if last is not None and last.completed_at is not None:
+            ago = format_duration(now - last.completed_at)
+            how = "automatically" if last.automatic else "by an operator"
+            lines.append(
+                f"It was switched {how} from {last.from_endpoint} to {last.to_endpoint} {ago} ago "
+                f"({last.kind}): {last.reason}."
+                + (f" Convai transactionID {last.transaction_id}." if last.transaction_id else "")
+            )
+        else:
+            lines.append("The daemon has never switched it.")
+        for endpoint in group.endpoints:
+            state = health.get((group_name, endpoint.name))
+            if state is None:
+                continue
+            since = f" for {format_duration(now - state.since)}" if state.since else ""
+            role = " (primary)" if endpoint.name == primary else ""
+            lines.append(f"  {endpoint.name}{role}: {state.health.value}{since}")
+        if active and active != primary:
+            state = health.get((group_name, primary))
+            policy = group.policy
+            if state is not None and state.health.value == "up":
+                if policy.failback == "manual":
+                    lines.append(
+                        f"The primary is up again; failback is manual. To return: convai-monitor "
+                        f"failover -c FILE {group_name} --to {primary}"
+                    )
+                else:
+                    lines.append(
+                        f"The primary is up; it fails back automatically once it has been up for "
+                        f"{format_duration(policy.failback_after)} (longer after repeated "
+                        f"switches) and {format_duration(policy.min_dwell)} have passed since the "
+                        "last switch."
+                    )
+            else:
+                lines.append("The primary is not up, so the group stays where it is.")
+        if _pinned(record, now):
+            assert record.pinned_until is not None
+            lines.append(
+                f"Pinned to {record.pinned_endpoint} for another "
+                f"{format_duration(record.pinned_until - now)}: no automatic switch until then."
+            )
+        if record.condition:
+            lines.append(f"Current condition: {record.condition} (state {record.state}).")
+        return lines

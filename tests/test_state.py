@@ -1,0 +1,169 @@
+"""The read model behind status, history, explain and the page, on a real SQLite file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from monitor.alerts.targets import target_id
+from monitor.config import Config, load_config
+from monitor.domain.alerts import Severity
+from monitor.domain.outcome import Outcome, ProbeResult
+from monitor.report import iso
+from monitor.state import PAGE_DAYS, PAGE_HOURS, State, daily_uptime, hourly_latency
+from monitor.store import Store
+from monitor.store.outbox import Deliveries, Outbox, Route
+from monitor.store.store import HourStats
+from monitor.store.switching import SwitchLog
+from tests.conftest import config_dict, write_config
+
+DAY = 86400
+HOUR = 3600
+# Noon UTC on a day: the current day is half gone, the current hour just begun.
+NOW = 1_800_000_000 - 1_800_000_000 % DAY + 12 * HOUR + 60.0
+
+
+def result(at: float, ok: bool = True, latency: float = 100.0) -> ProbeResult:
+    return ProbeResult(
+        at=at,
+        group="g",
+        endpoint="a",
+        outcome=Outcome.OK if ok else Outcome.CONNECT_ERROR,
+        latency_ms=latency if ok else None,
+        http_status=200 if ok else None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("hours", "expected"),
+    [
+        # nothing probed: every day is unknown, not 0% and not 100%
+        ([], {}),
+        # two hours today: 3 of 4 passed
+        ([(HOUR, 2, 2), (2 * HOUR, 2, 1)], {-1: 75.0}),
+        # yesterday and 89 days back (the first cell); 90 days back falls off the bar
+        ([(DAY, 10, 10), (89 * DAY, 4, 0), (90 * DAY, 4, 4)], {-2: 100.0, 0: 0.0}),
+    ],
+)
+def test_daily_uptime(hours: list[tuple[int, int, int]], expected: dict[int, float]) -> None:
+    """`hours` are (seconds before NOW, probes, successes)."""
+    stats = [HourStats(int((NOW - ago) // HOUR) * HOUR, p, s, {}) for ago, p, s in hours]
+    days = daily_uptime(stats, NOW, PAGE_DAYS)
+    assert len(days) == PAGE_DAYS
+    assert days[-1].day == "2027-01-15"  # today (NOW), UTC
+    assert days[0].day == "2026-10-18"
+    for index, day in enumerate(days):
+        want = expected.get(index, expected.get(index - PAGE_DAYS))
+        assert day.uptime == want, (index, day)
+        assert (day.probes == 0) == (want is None)
+
+
+def test_hourly_latency_per_hour_with_gaps() -> None:
+    current = int(NOW // HOUR) * HOUR
+    hours = [
+        HourStats(current, 3, 3, {40: 2, 60: 1}),  # 1.1^40 = 45.3 ms, 1.1^60 = 304.5 ms
+        HourStats(current - 5 * HOUR, 1, 0, {}),  # probed, nothing passed: no latency
+        HourStats(current - 30 * HOUR, 9, 9, {1: 9}),  # outside the 24 h
+    ]
+    series = hourly_latency(hours, NOW, PAGE_HOURS)
+    assert len(series) == PAGE_HOURS
+    assert (series[-1].p50, series[-1].p95, series[-1].probes) == (45.3, 304.5, 3)
+    assert (series[-6].p50, series[-6].probes) == (None, 1)
+    assert sum(h.probes for h in series) == 4
+
+
+@pytest.fixture
+def store(tmp_path: Path) -> Store:
+    s = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    s.migrate()
+    return s
+
+
+def test_hours_join_rollups_and_raw_rows(store: Store) -> None:
+    ids = store.sync_endpoints([("g", "a", "http://x/v1")])
+    endpoint = ids[("g", "a")]
+    rows = [(endpoint, result(NOW - 3 * DAY + 60 * i, ok=i % 4 != 0)) for i in range(40)]
+    rows += [(endpoint, result(NOW - 2 * HOUR + 60 * i, latency=50.0)) for i in range(10)]
+    rows += [(endpoint, result(NOW - 30 + i, latency=200.0)) for i in range(5)]  # this hour
+    store.save(rows, {})
+    # Everything before this hour is rolled up, then the raw rows are pruned: the page
+    # must still show those days.
+    store.rollup(NOW)
+    store.prune(NOW, HOUR, 400 * DAY)
+    assert store.result_count() == 5
+    hours = store.hours(endpoint, NOW - 90 * DAY, NOW, histograms_from=NOW - DAY)
+    assert sum(h.probes for h in hours) == 55
+    assert sum(h.successes for h in hours) == 45
+    by_day = {d.day: d for d in daily_uptime(hours, NOW, PAGE_DAYS)}
+    assert by_day["2027-01-12"].uptime == 75.0
+    assert by_day["2027-01-15"].uptime == 100.0
+    # Three days back is outside the latency chart: its histogram is not even parsed.
+    assert all(h.histogram == {} for h in hours if h.hour < NOW - DAY)
+    series = hourly_latency(hours, NOW, PAGE_HOURS)
+    assert series[-1].probes == 5
+    # Histogram percentiles are at most 10% high.
+    assert 200 <= (series[-1].p50 or 0) <= 220
+    assert 50 <= (series[-3].p50 or 0) <= 55
+
+
+def _config(tmp_path: Path, base_url: str, **extra: object) -> Config:
+    group = {
+        "model_group_name": "g",
+        "model_name": "m",
+        "endpoints": [{"name": "a", "base_url": base_url, "api_key": "k-1234567890"}],
+    }
+    return load_config(write_config(tmp_path, {**config_dict(tmp_path, [group]), **extra}))
+
+
+def test_status_and_page_never_show_a_query_string(tmp_path: Path, store: Store) -> None:
+    token = "Zq81Xc0aSecretToken"
+    config = _config(tmp_path, f"http://127.0.0.1:9/v1?api-key={token}")
+    ids = store.sync_endpoints([("g", "a", config.groups[0].endpoints[0].base_url)])
+    store.save([(ids[("g", "a")], result(NOW - 10))], {})
+    SwitchLog(store).observe_registration(
+        "g",
+        registered_base_url=config.groups[0].endpoints[0].base_url,
+        model_name="m",
+        monitored=True,
+        active_endpoint="a",
+        at=NOW,
+    )
+    state = State(config, store)
+    page = state.page(NOW)
+    endpoint = page["groups"][0]["endpoints"][0]
+    assert endpoint["base_url"] == "http://127.0.0.1:9/v1?..."
+    assert page["groups"][0]["registered_base_url"] == "http://127.0.0.1:9/v1?..."
+    assert token not in repr(page)
+    assert token not in repr(state.status(NOW))
+    assert endpoint["days"][-1] == {"day": "2027-01-15", "probes": 1, "uptime": 100.0}
+    assert endpoint["latency_hours"][-1]["p50"] is not None
+
+
+def test_timeline_is_newest_first_with_events_and_alert_deliveries(
+    tmp_path: Path, store: Store
+) -> None:
+    url = "json://127.0.0.1:9/hook-Zq81Xc0aSecret"
+    config = _config(tmp_path, "http://127.0.0.1:9/v1", alerts={"targets": [{"url": url}]})
+    routes = [Route(target_id(url), Severity.INFO)]
+    log = SwitchLog(store, Outbox(routes))
+    log.record("g", "old", "outside the window", NOW - 8 * DAY)
+    log.record("g", "all_down", "every endpoint of g is down", NOW - 100)
+    log.record("g", "drift", "g was pointed at http://elsewhere/v1 by someone else", NOW - 50)
+    deliveries = Deliveries(store)
+    first, second = deliveries.due(NOW)  # all_down and drift both page
+    deliveries.attempted(first.id, ok=True, error=None, elapsed_ms=5, at=NOW - 99, retry_at=None)
+    deliveries.attempted(
+        second.id, ok=False, error="HTTP 503", elapsed_ms=5, at=NOW - 40, retry_at=None
+    )
+    timeline = State(config, store).page(NOW)["timeline"]
+    assert [(e["kind"], e["at"]) for e in timeline] == [
+        ("alert_failed", iso(NOW - 40)),
+        ("drift", iso(NOW - 50)),
+        ("alert_delivered", iso(NOW - 99)),
+        ("all_down", iso(NOW - 100)),
+    ]
+    assert timeline[1]["message"].startswith("g was pointed at")
+    assert "targets[0] (json://...)" in timeline[0]["message"]
+    assert "HTTP 503" in timeline[0]["message"]
+    assert "Zq81Xc0aSecret" not in repr(timeline)
