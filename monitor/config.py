@@ -120,6 +120,29 @@ class StorageConfig(Strict):
         return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
+def _percent(value: Any) -> Any:
+    """`30%`, `0.3` or `30` (percent when over 1) to a fraction."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text.removesuffix("%"))
+        except ValueError:
+            raise ValueError(f"not a percentage: {value!r} (e.g. 30%)") from None
+        return number / 100.0 if text.endswith("%") or number > 1 else number
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 1:
+        return value / 100.0
+    return value
+
+
+class FailureRateConfig(Strict):
+    """Down when this share of the probes in the window failed (brownouts)."""
+
+    window: Duration = 60.0
+    # Fewer probes than this in the window say too little to judge a rate on.
+    min_probes: int = Field(default=10, ge=2, le=10_000)
+    threshold: Annotated[float, BeforeValidator(_percent)] = Field(default=0.30, gt=0.0, le=1.0)
+
+
 class Policy(Strict):
     """Every key here may be set under `defaults` and overridden per group."""
 
@@ -139,12 +162,20 @@ class Policy(Strict):
     failback_after: Duration = 300.0
     min_dwell: Duration = 120.0
     max_switches_per_hour: int = Field(default=4, ge=1, le=60)
+    failure_rate: FailureRateConfig = FailureRateConfig()
+    # What makes the active endpoint worth leaving: failed probes, and (when listed) a
+    # window p95 latency over latency_threshold.
+    failover_on: tuple[Literal["errors", "latency"], ...] = Field(default=("errors",), min_length=1)
 
     @model_validator(mode="after")
     def _cadence(self) -> Policy:
         problem = cadence_problem(self.interval, self.fast_interval, self.timeout)
         if problem:
             raise ValueError(problem)
+        if "errors" not in self.failover_on:
+            raise ValueError("failover_on must include errors (latency is the optional extra)")
+        if "latency" in self.failover_on and self.latency_threshold is None:
+            raise ValueError("failover_on: latency needs latency_threshold")
         return self
 
 
