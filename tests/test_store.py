@@ -256,7 +256,7 @@ def test_each_vantage_keeps_its_own_view(db_url: str) -> None:
     assert east.own_health()[KEY] == down
     assert west.own_health()[KEY] == up
     with reader.session() as session:
-        vantages = sorted(session.scalars(select(ResultRow.vantage)))
+        vantages = sorted(str(v) for v in session.scalars(select(ResultRow.vantage)))
     assert vantages == ["east", "west"]
     # A new URL is a new endpoint for every vantage.
     reader.sync_endpoints([("g", "a", "http://y/v1")])
