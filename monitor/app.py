@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
+from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import replace
 from typing import Any
@@ -23,11 +24,12 @@ from monitor.runtime.failover import Engine
 from monitor.runtime.jobs import Jobs
 from monitor.runtime.monitor import Monitor
 from monitor.runtime.recorder import Recorder
-from monitor.server import Check, StatusServer
+from monitor.server import Check, StatusServer, Views, is_loopback
 from monitor.store import Store
 from monitor.store.outbox import Deliveries, Outbox
 from monitor.store.switching import SwitchLog
 from monitor.systemd import SystemdNotify
+from monitor.web import views
 
 log = structlog.get_logger()
 
@@ -151,6 +153,7 @@ class Daemon:
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._closing: list[Callable[[], None]] = []
 
     def request_stop(self) -> None:
         self.stopping.set()
@@ -229,9 +232,7 @@ class Daemon:
             self._schedule(config)
             self.heartbeat = time.time()
             if config.server.listen:
-                self.server = StatusServer(
-                    config.server.listen, self.health_check, self.ready_check, metrics.render
-                )
+                self.server = self._status_server(config)
                 self.server.start()
             scheduler.start()
             log.info(
@@ -271,6 +272,8 @@ class Daemon:
                 self.deliverer.close()
             if self.server is not None:
                 self.server.stop()
+            for close in self._closing:
+                close()
             await recorder.close()
             await prober.aclose()
             await convai.aclose()
@@ -354,6 +357,33 @@ class Daemon:
             f"{len(self.config.groups)} groups, {up}/{len(self.monitor.targets)} endpoints up, "
             f"{moved} failed over"
         )
+
+    # --- the HTTP server (its handlers run on the server's threads) ---------------------
+
+    def _status_server(self, config: Config) -> StatusServer:
+        assert config.server.listen is not None
+        auth = config.server.auth
+        server = StatusServer(
+            config.server.listen,
+            self.health_check,
+            self.ready_check,
+            self.metrics.render,
+            views=self._views(),
+            auth=(auth.username, auth.secret) if auth is not None else None,
+        )
+        if auth is None and not is_loopback(server.host):
+            log.warning(
+                "status_page_open",
+                listen=config.server.listen,
+                hint="anyone who reaches this address sees the page; set server.auth",
+            )
+        return server
+
+    def _views(self) -> Views:
+        # Its own store (its own connections): a page load never waits on the recorder.
+        reader = Store(self.config.storage.url)
+        self._closing.append(reader.close)
+        return views(lambda: self.config, reader)
 
     # --- health and readiness (called from the status server's threads) ----------------
 
