@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import time
-from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import replace
 from typing import Any
@@ -16,7 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from monitor.alerts.delivery import Deliverer, Notifier
 from monitor.config import Config, ConfigError, Target, build_targets, load_config
 from monitor.convai import ConvaiClient
-from monitor.domain.health import Health, HealthState
+from monitor.domain.health import Health
 from monitor.domain.outcome import ProbeResult
 from monitor.metrics import Metrics
 from monitor.probes import ChatProber
@@ -24,12 +23,13 @@ from monitor.runtime.failover import Engine
 from monitor.runtime.jobs import Jobs
 from monitor.runtime.monitor import Monitor
 from monitor.runtime.recorder import Recorder
-from monitor.server import Check, StatusServer, Views, is_loopback
+from monitor.runtime.retarget import retarget
+from monitor.server import Check, StatusServer
 from monitor.store import Store
 from monitor.store.outbox import Deliveries, Outbox
 from monitor.store.switching import SwitchLog
 from monitor.systemd import SystemdNotify
-from monitor.web import views
+from monitor.web import status_server
 
 log = structlog.get_logger()
 
@@ -153,7 +153,6 @@ class Daemon:
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
-        self._closing: list[Callable[[], None]] = []
 
     def request_stop(self) -> None:
         self.stopping.set()
@@ -174,7 +173,6 @@ class Daemon:
     # --- lifecycle ---------------------------------------------------------------------
 
     async def run(self) -> None:
-        config, store = self.config, self.store
         loop = asyncio.get_running_loop()
         handlers = {signal.SIGTERM: self.request_stop, signal.SIGINT: self.request_stop}
         if self.config_path is not None:
@@ -182,98 +180,15 @@ class Daemon:
         for sig, handler in handlers.items():
             with suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
-        metrics = self.metrics
-        convai = convai_client(config, metrics)
-        prober = ChatProber(config.probes.max_in_flight, config.probes.max_body_bytes)
-        recorder = Recorder(store)
-        scheduler = self.scheduler
+        convai = convai_client(self.config, self.metrics)
+        prober = ChatProber(self.config.probes.max_in_flight, self.config.probes.max_body_bytes)
+        recorder = Recorder(self.store)
         try:
-            targets = await resolve_targets(config, convai)
-            ids = await recorder.call(
-                store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
-            )
-            states = await recorder.call(store.health)
-            now = time.time()
-            # A restart does not forget that an endpoint was down. "Up since" does not
-            # survive it, though: nobody watched while the daemon was away, so failback
-            # timers start again from now.
-            states = {
-                k: replace(v, since=now) if v.health is Health.UP else v for k, v in states.items()
-            }
-            monitor = Monitor(scheduler, prober, recorder, ids, states, metrics)
-            self.monitor = monitor
-            recorder.start()
-            monitor.targets.update({(t.group, t.endpoint): t for t in targets})
-            notifier = Notifier(config.alerts)
-            switches = switch_log(config, store, notifier, drill=self.drill)
-            assert switches.outbox is not None
-            deliverer = Deliverer(
-                config.alerts,
-                notifier,
-                Deliveries(store),
-                switches.outbox,
-                recorder.call,
-                on_attempt=lambda outcome: metrics.alert_deliveries.labels(outcome).inc(),
-            )
-            self.deliverer = deliverer
-            engine = Engine(
-                config,
-                monitor,
-                convai,
-                switches,
-                dry_run=self.dry_run,
-                register=self.register,
-                config_path=self.config_path,
-            )
-            self.engine = engine
-            # Reconcile interrupted switches and learn where groups point before probing.
-            await engine.start()
-            monitor.add_targets(targets)
-            self._schedule(config)
-            self.heartbeat = time.time()
-            if config.server.listen:
-                self.server = self._status_server(config)
-                self.server.start()
-            scheduler.start()
-            log.info(
-                "daemon_started",
-                groups=len(config.groups),
-                endpoints=len(targets),
-                database=store.path or "external",
-                dry_run=self.dry_run,
-                listen=f"{self.server.host}:{self.server.port}" if self.server else None,
-            )
-            await self._maintain()
-            self.ready.set()
-            self._background(self._announce_ready())
+            await self._start(convai, prober, recorder)
             await self.stopping.wait()
             log.info("daemon_stopping")
         finally:
-            self.notify.stopping()
-            # Stop starting work, let what is in flight finish (a switch especially), then
-            # shut the scheduler down: its shutdown cancels running jobs outright.
-            if scheduler.running:
-                scheduler.pause()
-            if self.engine is not None:
-                self.engine.stopping = True  # probes still finishing start no evaluation
-            await self.jobs.drain(SWITCH_DRAIN_TIMEOUT)
-            if self.monitor is not None:
-                await self.monitor.drain(DRAIN_TIMEOUT)
-            if self.engine is not None:
-                await self.engine.drain(SWITCH_DRAIN_TIMEOUT)
-            if scheduler.running:
-                scheduler.shutdown(wait=False)
-            for task in list(self._tasks):
-                task.cancel()
-            if self.deliverer is not None:
-                # One last pass, so the page about what just happened is not left behind.
-                with suppress(Exception):
-                    await asyncio.wait_for(self.deliverer.run_once(), FINAL_DELIVERY_TIMEOUT)
-                self.deliverer.close()
-            if self.server is not None:
-                self.server.stop()
-            for close in self._closing:
-                close()
+            await self._shutdown()
             await recorder.close()
             await prober.aclose()
             await convai.aclose()
@@ -281,6 +196,95 @@ class Daemon:
                 with suppress(NotImplementedError, RuntimeError):
                     loop.remove_signal_handler(sig)
         log.info("daemon_stopped")
+
+    async def _start(self, convai: ConvaiClient, prober: ChatProber, recorder: Recorder) -> None:
+        """Build the parts, learn where groups point, then start probing and serving."""
+        config, store, metrics = self.config, self.store, self.metrics
+        targets = await resolve_targets(config, convai)
+        ids = await recorder.call(
+            store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
+        )
+        states = await recorder.call(store.health)
+        now = time.time()
+        # A restart does not forget that an endpoint was down. "Up since" does not
+        # survive it, though: nobody watched while the daemon was away, so failback
+        # timers start again from now.
+        states = {
+            k: replace(v, since=now) if v.health is Health.UP else v for k, v in states.items()
+        }
+        monitor = Monitor(self.scheduler, prober, recorder, ids, states, metrics)
+        self.monitor = monitor
+        recorder.start()
+        monitor.targets.update({(t.group, t.endpoint): t for t in targets})
+        notifier = Notifier(config.alerts)
+        switches = switch_log(config, store, notifier, drill=self.drill)
+        assert switches.outbox is not None
+        self.deliverer = Deliverer(
+            config.alerts,
+            notifier,
+            Deliveries(store),
+            switches.outbox,
+            recorder.call,
+            on_attempt=lambda outcome: metrics.alert_deliveries.labels(outcome).inc(),
+        )
+        engine = Engine(
+            config,
+            monitor,
+            convai,
+            switches,
+            dry_run=self.dry_run,
+            register=self.register,
+            config_path=self.config_path,
+        )
+        self.engine = engine
+        # Reconcile interrupted switches and learn where groups point before probing.
+        await engine.start()
+        monitor.add_targets(targets)
+        self._schedule(config)
+        self.heartbeat = time.time()
+        if config.server.listen:
+            self.server = status_server(
+                config, lambda: self.config, self.health_check, self.ready_check, metrics.render
+            )
+            self.server.start()
+        self.scheduler.start()
+        log.info(
+            "daemon_started",
+            groups=len(config.groups),
+            endpoints=len(targets),
+            database=store.path or "external",
+            dry_run=self.dry_run,
+            listen=f"{self.server.host}:{self.server.port}" if self.server else None,
+        )
+        await self._maintain()
+        self.ready.set()
+        self._background(self._announce_ready())
+
+    async def _shutdown(self) -> None:
+        self.notify.stopping()
+        scheduler = self.scheduler
+        # Stop starting work, let what is in flight finish (a switch especially), then
+        # shut the scheduler down: its shutdown cancels running jobs outright.
+        if scheduler.running:
+            scheduler.pause()
+        if self.engine is not None:
+            self.engine.stopping = True  # probes still finishing start no evaluation
+        await self.jobs.drain(SWITCH_DRAIN_TIMEOUT)
+        if self.monitor is not None:
+            await self.monitor.drain(DRAIN_TIMEOUT)
+        if self.engine is not None:
+            await self.engine.drain(SWITCH_DRAIN_TIMEOUT)
+        if scheduler.running:
+            scheduler.shutdown(wait=False)
+        for task in list(self._tasks):
+            task.cancel()
+        if self.deliverer is not None:
+            # One last pass, so the page about what just happened is not left behind.
+            with suppress(Exception):
+                await asyncio.wait_for(self.deliverer.run_once(), FINAL_DELIVERY_TIMEOUT)
+            self.deliverer.close()
+        if self.server is not None:
+            self.server.stop()
 
     def _every(self, fn: Any, seconds: float, job_id: str) -> None:
         self.scheduler.add_job(
@@ -358,33 +362,6 @@ class Daemon:
             f"{moved} failed over"
         )
 
-    # --- the HTTP server (its handlers run on the server's threads) ---------------------
-
-    def _status_server(self, config: Config) -> StatusServer:
-        assert config.server.listen is not None
-        auth = config.server.auth
-        server = StatusServer(
-            config.server.listen,
-            self.health_check,
-            self.ready_check,
-            self.metrics.render,
-            views=self._views(),
-            auth=(auth.username, auth.secret) if auth is not None else None,
-        )
-        if auth is None and not is_loopback(server.host):
-            log.warning(
-                "status_page_open",
-                listen=config.server.listen,
-                hint="anyone who reaches this address sees the page; set server.auth",
-            )
-        return server
-
-    def _views(self) -> Views:
-        # Its own store (its own connections): a page load never waits on the recorder.
-        reader = Store(self.config.storage.url)
-        self._closing.append(reader.close)
-        return views(lambda: self.config, reader)
-
     # --- health and readiness (called from the status server's threads) ----------------
 
     def health_check(self) -> Check:
@@ -411,6 +388,31 @@ class Daemon:
 
     async def reload(self) -> None:
         """SIGHUP: apply a new config file; keep running on the old one if it is invalid."""
+        loaded = await self._load()
+        if loaded is None:
+            return
+        config, targets = loaded
+        assert self.monitor is not None
+        assert self.engine is not None
+        monitor, engine = self.monitor, self.engine
+        ids = await monitor.recorder.call(
+            self.store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
+        )
+        states = await monitor.recorder.call(self.store.health)
+        changes = retarget(monitor, targets, ids, states)
+        self.config = config
+        engine.config = config
+        engine.switcher.dry_run = self.dry_run_flag or config.dry_run
+        self._apply_convai(config)
+        await self._unmonitor({g for g, _ in changes.removed}, config)
+        self._apply_alerts(config)
+        self._schedule(config)
+        self.reloads += 1
+        log.info("config_reloaded", **changes.log_fields())
+        self._background(engine.sync())
+
+    async def _load(self) -> tuple[Config, list[Target]] | None:
+        """The new config and its targets, or None (logged) if it cannot be used."""
         assert self.config_path is not None
         try:
             config = await asyncio.to_thread(load_config, self.config_path)
@@ -419,64 +421,41 @@ class Daemon:
             for problem in exc.problems:
                 log.error("config_reload_failed", problem=problem)
             log.error("config_reload_rejected", kept="the running config")
-            return
+            return None
         except Exception as exc:
             log.error("config_reload_failed", problem=str(exc))
+            return None
+        return config, targets
+
+    def _apply_convai(self, config: Config) -> None:
+        assert self.engine is not None
+        if config.convai == self.config_convai:
             return
+        # A new Convai key or URL: new client; the old one closes once idle.
+        old_client = self.engine.convai
+        self.engine.convai = convai_client(config, self.metrics)
+        self._background(_close_later(old_client))
+        self.config_convai = config.convai
+
+    async def _unmonitor(self, groups: set[str], config: Config) -> None:
         assert self.monitor is not None
         assert self.engine is not None
-        monitor, engine = self.monitor, self.engine
-        old = dict(monitor.targets)
-        new = {(t.group, t.endpoint): t for t in targets}
-        ids = await monitor.recorder.call(
-            self.store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
-        )
-        states = await monitor.recorder.call(self.store.health)
-        monitor.endpoint_ids.update(ids)
-        removed = [k for k in old if k not in new]
-        changed = [k for k in new if k in old and _differs(old[k], new[k])]
-        added = [k for k in new if k not in old]
-        for key in removed + changed:
-            monitor.remove_target(key)
-        for key in changed:
-            if old[key].base_url != new[key].base_url:
-                # Another URL is another endpoint: its health starts afresh.
-                monitor.states[key] = states.get(key, HealthState())
-        for key in added:
-            monitor.states[key] = states.get(key, HealthState())
-        monitor.add_targets([new[k] for k in changed + added])
-        self.config = config
-        engine.config = config
-        engine.switcher.dry_run = self.dry_run_flag or config.dry_run
-        if config.convai != self.config_convai:
-            # A new Convai key or URL: new client; the old one closes once idle.
-            client = convai_client(config, self.metrics)
-            old_client, engine.convai, engine.switcher.convai = engine.convai, client, client
-            self._background(_close_later(old_client))
-            self.config_convai = config.convai
-        for group in {g for g, _ in removed} - {g.model_group_name for g in config.groups}:
+        for group in groups - {g.model_group_name for g in config.groups}:
             # A group no longer monitored must not keep paging about an old incident.
-            await monitor.recorder.call(
-                engine.switches.record,
+            await self.monitor.recorder.call(
+                self.engine.switches.record,
                 group,
                 "unmonitored",
                 f"{group} was removed from the config; its alerts stop here",
                 time.time(),
             )
+
+    def _apply_alerts(self, config: Config) -> None:
         notifier = Notifier(config.alerts)
         if self.deliverer is not None:
             self.deliverer.notifier = notifier
             self.deliverer.config = config.alerts
             self.deliverer.outbox.routes = notifier.routes(config.alerts)
-        self._schedule(config)
-        self.reloads += 1
-        log.info(
-            "config_reloaded",
-            added=[f"{g}/{e}" for g, e in added],
-            removed=[f"{g}/{e}" for g, e in removed],
-            changed=[f"{g}/{e}" for g, e in changed],
-        )
-        self._background(engine.sync())
 
     async def _maintain(self) -> None:
         if self.monitor is None:
@@ -499,13 +478,3 @@ class Daemon:
 async def _close_later(client: ConvaiClient) -> None:
     await asyncio.sleep(60)  # a call in flight on the old client gets to finish
     await client.aclose()
-
-
-def _differs(a: Target, b: Target) -> bool:
-    return (a.base_url, a.api_key, a.model, a.policy, a.priority) != (
-        b.base_url,
-        b.api_key,
-        b.model,
-        b.policy,
-        b.priority,
-    )

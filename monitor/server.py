@@ -44,6 +44,8 @@ class Views:
     status: Callable[[], dict[str, Any]]
     # (since, group) as given in the query string -> `history --json`; BadRequest if wrong.
     history: Callable[[str, str | None], dict[str, Any]]
+    # Called when the server stops: release what the views hold (a database connection).
+    close: Callable[[], None] = lambda: None
 
 
 def parse_listen(value: str) -> tuple[str, int]:
@@ -76,14 +78,15 @@ class StatusServer:
         ready: Callable[[], Check],
         metrics: Callable[[], bytes],
         views: Views | None = None,
-        auth: tuple[str, str] | None = None,
+        auth: Callable[[], tuple[str, str] | None] = lambda: None,
     ) -> None:
         self.host, self.port = parse_listen(listen)
         self.health = health
         self.ready = ready
         self.metrics = metrics
         self.views = views
-        # (username, password) for the page and the API; None: open.
+        # (username, password) for the page and the API, None: open; asked on every
+        # request, so a reloaded password applies at once.
         self.auth = auth
         self._server: _Server | None = None
         self._thread: threading.Thread | None = None
@@ -108,6 +111,8 @@ class StatusServer:
             self._server = None
         if self._thread is not None:
             self._thread.join(timeout=5)
+        if self.views is not None:
+            self.views.close()
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -129,7 +134,7 @@ class _Handler(BaseHTTPRequestHandler):
             body = json.dumps({"ok": check.ok, **check.detail}).encode()
             self._send(200 if check.ok else 503, body, JSON)
         elif owner.views is not None and path in ("/", "/api/status", "/api/history"):
-            if not self._authorized(owner.auth):
+            if not self._authorized(owner.auth()):
                 self._send(
                     401,
                     _error("authentication required"),

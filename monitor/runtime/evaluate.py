@@ -1,0 +1,161 @@
+"""Evaluation: on a health transition or a tick, build a group's view, let the pure
+`decide` say what to do, check before switching, and hand the decision to the Actor.
+
+Evaluations of one group are serialised; groups never wait on each other, and probing
+never waits on any of it.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+
+from monitor.config import GroupConfig, Target
+from monitor.domain.failover import (
+    Action,
+    EndpointView,
+    GroupState,
+    GroupView,
+    Rules,
+    decide,
+    group_state,
+)
+from monitor.domain.health import Health, HealthState, Transition
+from monitor.domain.outcome import ProbeResult
+from monitor.runtime.act import Actor
+from monitor.runtime.context import Context
+from monitor.runtime.evidence import Evidence, Isolation
+from monitor.runtime.notices import Notices
+from monitor.runtime.switcher import Switcher
+from monitor.runtime.sync import Sync
+from monitor.store import EndpointKey
+from monitor.store.switching import GroupRecord
+
+log = structlog.get_logger()
+
+
+class Evaluator:
+    def __init__(self, ctx: Context, sync: Sync, switcher: Switcher) -> None:
+        self.ctx = ctx
+        self.beliefs = ctx.beliefs
+        self.sync = sync
+        self.evidence: dict[EndpointKey, Evidence] = {}
+        self.isolation = Isolation(ctx, self.evidence)
+        self.actor = Actor(ctx, switcher, self.evidence, sync.sync)
+        monitor = ctx.monitor
+        self.notices = Notices(monitor.targets, monitor.states, self.beliefs.active.get)
+
+    async def on_result(
+        self, target: Target, result: ProbeResult, state: HealthState, transition: Transition | None
+    ) -> None:
+        key = (target.group, target.endpoint)
+        self.evidence.setdefault(key, Evidence()).add(result)
+        notice = self.notices.notice(target, result, transition)
+        if notice is not None:
+            self.ctx.background(self.beliefs.note(target.group, *notice), f"note:{target.group}")
+        if transition is not None:
+            self.spawn(target.group)
+
+    def spawn(self, group: str) -> None:
+        """Evaluate a group soon, without making the caller (a probe) wait."""
+        if self.ctx.stopping or self.beliefs.lock(group).locked():
+            return  # the running evaluation will see the newest state, or the next tick
+        self.ctx.background(self.evaluate(group), f"evaluate:{group}")
+
+    async def tick(self) -> None:
+        """Periodic evaluation: failback timers, pin expiry, retries of failed switches."""
+        if not self.sync.reconciled:
+            await self.sync.sync()
+        for group in self.ctx.config.groups:
+            self.spawn(group.model_group_name)
+
+    async def evaluate(self, name: str) -> None:
+        group = self.ctx.config.group(name)
+        if group is None or not self.sync.reconciled:
+            return
+        async with self.beliefs.lock(name):
+            try:
+                await self._evaluate(group)
+            except Exception as exc:  # one group's trouble must not stop the others
+                log.exception("evaluation_failed", group=name, error=str(exc))
+
+    async def _evaluate(self, group: GroupConfig) -> None:
+        name = group.model_group_name
+        monitor, beliefs, actor = self.ctx.monitor, self.beliefs, self.actor
+        now = time.time()
+        record = (await beliefs.snapshot()).get(name)
+        if record is None:
+            return
+        beliefs.active[name] = record.active_endpoint
+        monitor.metrics.set_active(name, [e.name for e in group.endpoints], record.active_endpoint)
+        switch_times = beliefs.switch_times.get(name, ())
+        view = self._view(group, record, switch_times, isolated=False)
+        decision = decide(view, now)
+        if decision.action is Action.ALL_DOWN and await self.isolation.suspect():
+            view = self._view(group, record, switch_times, isolated=True)
+            decision = decide(view, now)
+        waiting = actor.waiting(name, now)
+        noted = actor.switcher.dry_run and name in actor.dry_noted
+        if decision.switches and (waiting or noted):
+            # A switch is due but was just tried (backing off), or "would switch" was
+            # already recorded in a dry run: no probe, no Convai call this tick, and the
+            # group's state still says what is wrong.
+            state = group_state(view, decision, now)
+            if waiting and record.condition == "failover_failed":
+                state = GroupState.DEGRADED
+            if state.value != record.state:
+                await beliefs.write(beliefs.switches.set_state, name, state.value)
+            return
+        if decision.action is Action.FAILOVER and record.active_endpoint is not None:
+            # Check before switching: probe the active endpoint once more. If it answers,
+            # the decision turns into "stay" (see decide), which keeps a run of unlucky
+            # blips from moving the group.
+            active = monitor.targets.get((name, record.active_endpoint))
+            if active is not None:
+                await actor.switcher.probe(active)
+                now = time.time()
+                view = self._view(group, record, switch_times, isolated=False)
+                decision = decide(view, now)
+        state = group_state(view, decision, now)
+        if state.value != record.state:
+            await beliefs.write(beliefs.switches.set_state, name, state.value)
+        if decision.action is Action.ALL_DOWN:
+            monitor.urgent.add(name)
+        else:
+            monitor.urgent.discard(name)
+        await actor.act(group, record, view, decision, now)
+
+    def _view(
+        self,
+        group: GroupConfig,
+        record: GroupRecord,
+        switch_times: tuple[float, ...],
+        *,
+        isolated: bool,
+    ) -> GroupView:
+        policy = group.policy
+        endpoints = []
+        for endpoint in group.endpoints:
+            key = (group.model_group_name, endpoint.name)
+            state = self.ctx.monitor.states.get(key, HealthState())
+            up_since = state.since if state.health is Health.UP else None
+            answering = state.successes > 0
+            endpoints.append(EndpointView(endpoint.name, state.health, up_since, answering))
+        return GroupView(
+            name=group.model_group_name,
+            endpoints=tuple(endpoints),
+            active=record.active_endpoint,
+            rules=Rules(
+                failback=policy.failback,
+                failback_after=policy.failback_after,
+                min_dwell=policy.min_dwell,
+                max_switches_per_hour=policy.max_switches_per_hour,
+            ),
+            switch_times=switch_times,
+            last_switch_at=record.last_switch_at,
+            operator_at=record.operator_at,
+            pinned_to=record.pinned_endpoint,
+            pinned_until=record.pinned_until,
+            isolated=isolated,
+        )

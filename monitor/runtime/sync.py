@@ -1,0 +1,243 @@
+"""Sync with Convai: learn where every group points, adopt changes made by others (drift),
+and close switches left open by a crash from what Convai shows (reconciliation)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import structlog
+
+from monitor.config import GroupConfig, display_url, normalize_url
+from monitor.convai import ConvaiError, ConvaiUnreachable, ModelList
+from monitor.runtime.context import Context
+from monitor.store.switching import GroupRecord
+
+log = structlog.get_logger()
+
+# An intent older than this with no evaluation running is a leftover, reconciled at sync.
+STALE_INTENT_AFTER = 120.0
+
+
+class StartupError(Exception):
+    """The daemon must not start (exit 2): e.g. a configured group Convai does not know."""
+
+
+def find_endpoint(group: GroupConfig, base_url: str | None) -> str | None:
+    if base_url is None:
+        return None
+    wanted = normalize_url(base_url)
+    return next((e.name for e in group.endpoints if normalize_url(e.base_url) == wanted), None)
+
+
+class Sync:
+    def __init__(self, ctx: Context, *, register: bool = False) -> None:
+        self.ctx = ctx
+        self.beliefs = ctx.beliefs
+        self.switches = ctx.beliefs.switches
+        self.register = register
+        self.reconciled = False
+        self.synced = False  # Convai's list has been read at least once
+        self.convai_reachable = True
+        self._lock = asyncio.Lock()
+        self._mismatch_noted: set[str] = set()
+
+    # --- start-up ----------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Reconcile interrupted switches, then learn where every group points."""
+        fetched_at = time.time()
+        try:
+            listing = await self.ctx.convai.list_models()
+        except ConvaiUnreachable as exc:
+            # Keep probing; decisions wait until Convai has been read (see evaluate).
+            self.convai_reachable = False
+            log.error("convai_unreachable_at_start", error=str(exc))
+            return
+        except ConvaiError as exc:
+            if exc.http_status in (401, 403):
+                raise StartupError(f"Convai rejected convai.api_key: {exc}") from None
+            log.error("convai_list_failed_at_start", error=str(exc))
+            return
+        groups = self.ctx.config.groups
+        missing = [g for g in groups if listing.get(g.model_group_name) is None]
+        if missing and not self.register:
+            names = ", ".join(g.model_group_name for g in missing)
+            raise StartupError(
+                f"Convai has no model group {names}: register it (convai-monitor models "
+                "register, or run with --register)"
+            )
+        for group in missing:
+            await self._register(group)
+        if missing:
+            listing = await self.ctx.convai.list_models()
+        await self._reconcile(listing)
+        await self._apply_listing(listing, fetched_at)
+
+    async def _register(self, group: GroupConfig) -> None:
+        primary = group.primary
+        model = group.model_name
+        if model is None:
+            raise StartupError(f"cannot register {group.model_group_name}: set its model_name")
+        reply = await self.ctx.convai.register(
+            group.model_group_name, model, primary.key, base_url=primary.base_url
+        )
+        await self.beliefs.write(
+            self.switches.record,
+            group.model_group_name,
+            "registered",
+            f"registered with Convai on {primary.name}",
+            time.time(),
+            details={"transaction_id": reply.transaction_id},
+        )
+        log.info("group_registered", group=group.model_group_name, endpoint=primary.name)
+
+    async def _reconcile(self, listing: ModelList, stale_only: bool = False) -> None:
+        """Close switches left open (by a crash, or a failure nobody caught) from what
+        Convai says now: confirmed if the update landed, abandoned if not. Never re-sent."""
+        now = time.time()
+        for intent in await self.beliefs.call(self.switches.open_intents):
+            if stale_only and (
+                now - intent.intent_at < STALE_INTENT_AFTER
+                or self.beliefs.lock(intent.group).locked()
+            ):
+                continue
+            model = listing.get(intent.group)
+            registered = model.base_url if model else None
+            if registered and normalize_url(registered) == normalize_url(intent.to_base_url):
+                await self.beliefs.write(
+                    self.switches.confirm_switch,
+                    intent.id,
+                    transaction_id=None,
+                    at=now,
+                    message=(
+                        f"{intent.kind} {intent.from_endpoint} -> {intent.to_endpoint} "
+                        "confirmed later from Convai's list: the update had landed"
+                    ),
+                )
+                log.warning(
+                    "switch_reconciled", group=intent.group, switch_id=intent.id, landed=True
+                )
+            else:
+                await self.beliefs.write(
+                    self.switches.abandon_switch,
+                    intent.id,
+                    note=(
+                        f"{intent.kind} -> {intent.to_endpoint} was interrupted and not applied "
+                        f"(Convai shows {display_url(registered)})"
+                    ),
+                    at=now,
+                )
+                log.warning(
+                    "switch_reconciled", group=intent.group, switch_id=intent.id, landed=False
+                )
+        self.reconciled = True
+
+    # --- periodic sync (drift) ---------------------------------------------------------
+
+    async def sync(self) -> None:
+        """Read Convai's list and bring every group's belief in line with it."""
+        if self.ctx.stopping:
+            return
+        async with self._lock:  # one sync at a time: each compares against the last
+            fetched_at = time.time()
+            try:
+                listing = await self.ctx.convai.list_models()
+            except ConvaiError as exc:
+                self.convai_reachable = not isinstance(exc, ConvaiUnreachable)
+                log.warning("convai_sync_failed", error=str(exc))
+                return
+            self.convai_reachable = True
+            await self._reconcile(listing, stale_only=self.reconciled)
+            await self._apply_listing(listing, fetched_at)
+
+    async def _apply_listing(self, listing: ModelList, fetched_at: float) -> None:
+        self.synced = True
+        now = time.time()
+        configured = {g.model_group_name: g for g in self.ctx.config.groups}
+        for model in listing.models:
+            if model.model_group_name not in configured:
+                await self.beliefs.write(
+                    self.switches.observe_registration,
+                    model.model_group_name,
+                    registered_base_url=model.base_url,
+                    model_name=model.model_name,
+                    monitored=False,
+                    active_endpoint=None,
+                    at=now,
+                )
+        for name, group in configured.items():
+            registered = listing.get(name)
+            async with self.beliefs.lock(name):
+                # Read the belief under the lock: a switch may have landed since the list
+                # was fetched, and a listing older than that must not undo it.
+                before: GroupRecord | None = await self.beliefs.call(self.switches.group, name)
+                if before is not None and (before.last_switch_at or 0.0) >= fetched_at:
+                    continue
+                if await self.beliefs.call(self.switches.open_intents, name):
+                    continue
+                if registered is None:
+                    await self.beliefs.condition(
+                        name, "not_registered", "Convai no longer lists this group", now
+                    )
+                    continue
+                await self._observe(group, registered.base_url, registered.model_name, before, now)
+
+    async def _observe(
+        self,
+        group: GroupConfig,
+        registered: str,
+        model_name: str,
+        before: GroupRecord | None,
+        now: float,
+    ) -> None:
+        name = group.model_group_name
+        endpoint = find_endpoint(group, registered)
+        shown = display_url(registered)
+        if before is not None and before.condition == "not_registered":
+            await self.beliefs.condition(
+                name, "recovered", "Convai lists the group again", now, clear=True
+            )
+        if before is not None and before.registered_base_url is not None:
+            moved = normalize_url(before.registered_base_url) != normalize_url(registered)
+            if moved:
+                # Nobody but us should move the group; whoever did, we adopt and say so.
+                where = endpoint or "no configured endpoint"
+                await self.beliefs.write(
+                    self.switches.record,
+                    name,
+                    "drift",
+                    f"Convai's base_url changed to {shown} ({where}) without this daemon",
+                    now,
+                    details={"from": before.active_endpoint, "to": endpoint, "base_url": shown},
+                )
+                log.warning("drift", group=name, to_endpoint=endpoint, base_url=shown)
+        elif endpoint is None:
+            await self.beliefs.condition(
+                name,
+                "drift",
+                f"Convai's base_url {shown} matches no configured endpoint; not acting",
+                now,
+            )
+        await self.beliefs.write(
+            self.switches.observe_registration,
+            name,
+            registered_base_url=registered,
+            model_name=model_name,
+            monitored=True,
+            active_endpoint=endpoint,
+            at=now,
+        )
+        self.beliefs.active[name] = endpoint
+        if group.model_name and group.model_name != model_name:
+            if name not in self._mismatch_noted:
+                self._mismatch_noted.add(name)
+                await self.beliefs.write(
+                    self.switches.record,
+                    name,
+                    "model_mismatch",
+                    f"Convai serves model {model_name}, the config probes {group.model_name}",
+                    now,
+                )
+        else:
+            self._mismatch_noted.discard(name)
