@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import errno
 import hmac
 import json
 import threading
@@ -65,6 +66,10 @@ def is_loopback(host: str) -> bool:
     return host in ("localhost", "::1") or host.startswith("127.")
 
 
+class ListenError(Exception):
+    """server.listen cannot be bound (port in use, address not on this host): exit 2."""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -92,7 +97,18 @@ class StatusServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        server = _Server((self.host, self.port), _Handler)
+        try:
+            server = _Server((self.host, self.port), _Handler)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            hint = (
+                ": another process listens there; stop it or choose another port"
+                if exc.errno == errno.EADDRINUSE
+                else ""
+            )
+            raise ListenError(
+                f"server.listen {self.host}:{self.port}: {reason.lower()}{hint}"
+            ) from None
         server.owner = self  # type: ignore[attr-defined]
         self.port = server.server_address[1]
         self._server = server

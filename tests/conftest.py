@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -16,6 +18,22 @@ from monitor.sim.openai import EndpointSim
 
 CONVAI_KEY = "canary-convai-key-5f1e2d3c"
 MODEL = "sim-model"
+
+
+def canary_key(n: int) -> str:
+    """The n-th canary endpoint key. Real keys often do not start with `sk-` (vLLM's
+    `--api-key` is any string, Google keys start `AIza`, gateways use hex or UUIDs), and the
+    redactor masks `sk-...` by pattern alone; these shapes match none of its patterns, so
+    only the registry filled at config load can hide them (tests/test_secrets.py checks)."""
+    seed = hashlib.sha256(f"canary-{n}".encode()).hexdigest()
+    shape = n % 4
+    if shape == 0:
+        return f"pelican{4718 + n}quartz"  # a plain word with digits
+    if shape == 1:
+        return str(uuid.UUID(seed[:32]))
+    if shape == 2:
+        return seed[:40]  # 40 hex characters, like a SHA-1 token
+    return f"AIzaSy{seed[:33]}"  # Google's shape: AIza + 35 characters
 
 
 @pytest.fixture(autouse=True)

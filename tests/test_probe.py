@@ -13,8 +13,9 @@ from monitor.probes import ChatProber
 from monitor.redact import redactor
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
+from tests.conftest import canary_key
 
-KEY = "sk-canary-endpoint-key-0123456789"
+KEY = canary_key(1)  # a UUID: no generic pattern masks it, only the registry
 Factory = Callable[..., EndpointSim]
 
 
