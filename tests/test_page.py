@@ -18,11 +18,13 @@ import yaml
 
 from monitor.app import open_store
 from monitor.config import Config, ConfigError, parse_config
+from monitor.domain.health import Health
 from monitor.page import render
 from monitor.server import parse_listen
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.sim.receiver import AlertReceiver
+from monitor.store.outbox import Deliveries
 from monitor.store.switching import SwitchLog
 from tests.conftest import CONVAI_KEY, MODEL, config_dict
 from tests.harness import GROUP, World, running, settled, wait_for
@@ -73,7 +75,8 @@ async def _get(url: str, **kwargs: Any) -> httpx.Response:
 
 async def failed_over(world: World, config: Config) -> None:
     """The primary refuses connections; back once the daemon has recorded the group as
-    failed over (the switch lands a moment before the state)."""
+    failed over and `a` as down (the recorder writes health in batches, the switch lands a
+    moment before the group's state)."""
     await settled(world)
     world.sims["a"].set(Behaviour.REFUSE)
     store = open_store(config, migrate=False)
@@ -83,6 +86,7 @@ async def failed_over(world: World, config: Config) -> None:
                 (g := SwitchLog(store).group(GROUP)) is not None
                 and g.state == "failed_over"
                 and g.active_endpoint == "b"
+                and store.health()[(GROUP, "a")].health is Health.DOWN
             ),
             what="the group failed over to b",
         )
@@ -102,7 +106,13 @@ async def test_page_and_api_after_a_failover(world: World, receiver: AlertReceiv
     config = world.config()
     async with running(config) as daemon:
         await failed_over(world, config)
-        await wait_for(lambda: len(receiver.received) > 0, what="the page to on-call")
+        store = open_store(config, migrate=False)
+        try:
+            await wait_for(
+                lambda: Deliveries(store).summary().delivered > 0, what="an alert delivered"
+            )
+        finally:
+            store.close()
         await wait_for(lambda: world.sims["c"].requests >= 2, what="c probed")
         base = _base(daemon)
         page = await _get(f"{base}/")
