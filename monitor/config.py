@@ -7,6 +7,7 @@ anything can log them.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Iterator
@@ -94,10 +95,29 @@ class StorageConfig(Strict):
     @classmethod
     def _sqlalchemy_url(cls, value: str) -> str:
         try:
-            make_url(value)
+            url = make_url(value)
         except ArgumentError:
             raise ValueError("not a database URL (e.g. sqlite:///convai-monitor.db)") from None
-        return value
+        backend = url.get_backend_name()
+        driver = url.drivername.partition("+")[2]
+        if backend == "sqlite":
+            return value
+        if backend != "postgresql":
+            raise ValueError(
+                f"{backend} is not supported: use sqlite:///FILE or "
+                "postgresql+psycopg://USER@HOST:5432/DB"
+            )
+        if "+" in url.drivername and driver != "psycopg":
+            raise ValueError(
+                f"PostgreSQL driver {driver} is not supported: "
+                "use postgresql+psycopg:// (psycopg 3)"
+            )
+        if importlib.util.find_spec("psycopg") is None:
+            raise ValueError(
+                "PostgreSQL needs the psycopg driver: pip install 'convai-monitor[postgres]'"
+            )
+        # `postgresql://` alone means psycopg2 to SQLAlchemy; the daemon ships psycopg 3.
+        return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
 
 
 def _percent(value: Any) -> Any:
@@ -306,6 +326,10 @@ class Config(Strict):
         from monitor.alerts.targets import secret_parts
 
         yield self.convai.api_key.get_secret_value()
+        # A database password in storage.url is as secret as any key.
+        password = make_url(self.storage.url).password
+        if password:
+            yield str(password)
         for group in self.groups:
             for endpoint in group.endpoints:
                 yield endpoint.key
