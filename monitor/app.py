@@ -18,7 +18,7 @@ from monitor.convai import ConvaiClient
 from monitor.domain.health import Health
 from monitor.domain.outcome import ProbeResult
 from monitor.metrics import Metrics
-from monitor.probes import ChatProber
+from monitor.probes import ChatProber, ProbeShape
 from monitor.runtime.failover import Engine
 from monitor.runtime.jobs import Jobs
 from monitor.runtime.monitor import Monitor
@@ -205,6 +205,9 @@ class Daemon:
             store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
         )
         states = await recorder.call(store.health)
+        # Probe shapes learnt before a restart: a reasoning model is asked right at once.
+        for key, shape in (await recorder.call(store.probe_shapes)).items():
+            prober.shapes[key] = ProbeShape.from_dict(shape)
         now = time.time()
         # A restart does not forget that an endpoint was down. "Up since" does not
         # survive it, though: nobody watched while the daemon was away, so failback

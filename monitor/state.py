@@ -144,6 +144,7 @@ class State:
         store = self.store
         ids = store.endpoint_ids()
         health = store.health()
+        shapes = store.probe_shapes()
         records = self.switches.groups()
         groups = []
         for group in self.config.groups:
@@ -184,6 +185,8 @@ class State:
                         },
                         "latency_ms": _latency(windows["1h"]),
                         "latency_ms_24h": _latency(windows["24h"]),
+                        # The request shape the probe was adapted to; None: as configured.
+                        "probe": shapes.get(key),
                     }
                 )
             record = records.get(group.model_group_name)

@@ -31,6 +31,10 @@ from monitor.domain.latency import Bucket, hist_percentile, histogram, merge, pe
 from monitor.domain.outcome import ProbeResult
 from monitor.store.tables import EndpointRow, MetaRow, ResultRow, RollupRow
 
+# Meta key prefix of an endpoint's adapted probe shape (a key per endpoint id): a small
+# JSON document, kept out of the endpoint table so no migration is needed for it.
+_SHAPE = "probe_shape:"
+
 EndpointKey = tuple[str, str]  # (group, endpoint)
 HOUR = 3600
 _PRUNE_BATCH = 20_000
@@ -251,6 +255,27 @@ class Store:
                 )
                 for r in session.scalars(select(EndpointRow))
             }
+
+    def probe_shapes(self) -> dict[EndpointKey, dict[str, Any]]:
+        """The request shape each endpoint's probe was adapted to (only adapted ones)."""
+        with self.session() as session:
+            ids = {
+                i: (g, n)
+                for g, n, i in session.execute(
+                    select(EndpointRow.group_name, EndpointRow.name, EndpointRow.id)
+                )
+            }
+            rows = session.scalars(select(MetaRow).where(MetaRow.key.like(f"{_SHAPE}%")))
+            out: dict[EndpointKey, dict[str, Any]] = {}
+            for row in rows:
+                key = ids.get(int(row.key.removeprefix(_SHAPE)))
+                if key is not None:
+                    out[key] = json.loads(row.value)
+            return out
+
+    def save_probe_shape(self, endpoint_id: int, shape: Mapping[str, Any]) -> None:
+        with self.session() as session, session.begin():
+            session.merge(MetaRow(key=f"{_SHAPE}{endpoint_id}", value=json.dumps(dict(shape))))
 
     def endpoint_ids(self) -> dict[EndpointKey, int]:
         with self.session() as session:
