@@ -318,7 +318,8 @@ class Store:
 
     def save_probe_shape(self, endpoint_id: int, shape: Mapping[str, Any]) -> None:
         with self.session() as session, session.begin():
-            session.merge(MetaRow(key=f"{_SHAPE}{endpoint_id}", value=json.dumps(dict(shape))))
+            row = {"key": f"{_SHAPE}{endpoint_id}", "value": json.dumps(dict(shape))}
+            upsert(session, MetaRow, row, ("key",))
 
     def endpoint_ids(self) -> dict[EndpointKey, int]:
         with self.session() as session:
