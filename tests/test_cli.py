@@ -238,21 +238,27 @@ def test_manual_failover_pin_and_unpin(world: World, capsys: pytest.CaptureFixtu
     code, out, err = run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b")
     assert code == 0, err
     assert out.startswith(f"switched {GROUP}: a -> b (transactionID ")
+    assert "held on b until 20" in out  # --hold defaults to 1h
     assert world.registered()["base_url"] == world.sims["b"].base_url
     assert world.registered()["api_key"] == world.keys["b"]
 
     code, out, _ = run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b")
     assert code == 0
-    assert "already on b" in out
+    assert "already on b; held there until" in out
 
     world.sims["a"].set(Behaviour.HTTP_500)
     code, _, err = run_cli(capsys, "failover", "-c", path, GROUP, "--to", "a")
     assert code == 1
     assert "preflight_failed" in err
     assert world.registered()["base_url"] == world.sims["b"].base_url
-    code, _, err = run_cli(capsys, "failover", "-c", path, GROUP, "--to", "a", "--force")
+    code, out, err = run_cli(
+        capsys, "failover", "-c", path, GROUP, "--to", "a", "--force", "--hold", "0"
+    )
     assert code == 0, err
+    assert "held" not in out
     assert world.registered()["base_url"] == world.sims["a"].base_url
+    code, out, _ = run_cli(capsys, "status", "-c", path, "--json")
+    assert json.loads(out)["groups"][0]["pinned"] is None  # moving off b ended its hold
 
     world.sims["a"].set(Behaviour.OK)
     code, out, err = run_cli(capsys, "pin", "-c", path, GROUP, "b", "--for", "2h")
@@ -266,7 +272,16 @@ def test_manual_failover_pin_and_unpin(world: World, capsys: pytest.CaptureFixtu
     assert out.strip() == f"unpinned {GROUP}"
     code, out, _ = run_cli(capsys, "history", "-c", path, "--group", GROUP, "--json")
     kinds = [e["kind"] for e in json.loads(out)["events"]]
-    assert kinds == ["manual", "manual", "manual", "pinned", "unpinned"]
+    assert kinds == [
+        "manual",
+        "held",
+        "pinned",
+        "manual",
+        "unpinned",
+        "manual",
+        "pinned",
+        "unpinned",
+    ]
 
     code, _, err = run_cli(capsys, "pin", "-c", path, GROUP, "zz", "--for", "2h")
     assert code == 2
