@@ -88,5 +88,13 @@ def setup_logging(
     # a summary (probe_runs_missed), so only its errors come through.
     logging.getLogger("apscheduler").setLevel(logging.ERROR)
     # apprise logs each failed send with the target's address; the delivery job records
-    # every attempt itself (redacted), so apprise's own chatter stays out.
-    logging.getLogger("apprise").setLevel(logging.CRITICAL)
+    # every attempt itself (redacted), so apprise's own chatter stays out of our output.
+    # Its warnings must still reach apprise's per-send capture, which is where a failed
+    # delivery's reason comes from (see alerts/delivery.py): silence it by not
+    # propagating, not by raising its level.
+    apprise_log = logging.getLogger("apprise")
+    apprise_log.setLevel(logging.WARNING)
+    apprise_log.propagate = False
+    if not any(isinstance(h, logging.NullHandler) for h in apprise_log.handlers):
+        # Without a handler of its own, logging's last resort would print it raw.
+        apprise_log.addHandler(logging.NullHandler())

@@ -18,7 +18,7 @@ from monitor.config import Config, load_config
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.store.switching import SwitchLog
-from tests.conftest import MODEL, config_dict, write_config
+from tests.conftest import MODEL, canary_key, config_dict, write_config
 
 GROUP = "my-turbo"
 
@@ -34,12 +34,13 @@ def poll(condition: Callable[[], bool], limit: float, what: str) -> None:
 
 @contextmanager
 def daemon_process(
-    path: Path, log: Path, env: dict[str, str] | None = None
+    path: Path, log: Path, env: dict[str, str] | None = None, args: list[str] | None = None
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`convai-monitor run -c path` in a subprocess, output to `log`; killed at the end."""
+    """`convai-monitor run -c path [args]` in a subprocess, output to `log`; killed at the
+    end."""
     with log.open("ab") as sink:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "monitor", "run", "-c", str(path)],
+            [sys.executable, "-m", "monitor", "run", "-c", str(path), *(args or [])],
             stdout=sink,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -125,7 +126,7 @@ def make_world(
     endpoints: Callable[..., EndpointSim],
     names: tuple[str, ...] = ("a", "b", "c"),
 ) -> World:
-    keys = {n: f"sk-canary-{n}-{'x' * 24}" for n in names}
+    keys = {n: canary_key(i) for i, n in enumerate(names)}
     sims = {n: endpoints(api_key=keys[n]) for n in names}
     first = names[0]
     convai.seed(GROUP, MODEL, keys[first], base_url=sims[first].base_url)

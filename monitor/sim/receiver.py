@@ -39,6 +39,10 @@ class AlertReceiver(Running):
     def stop(self) -> None:
         self._server.stop()
 
+    @property
+    def port(self) -> int:
+        return self._server.port
+
     def url(self, path: str = "alerts") -> str:
         """An apprise URL that posts JSON here."""
         return f"json://127.0.0.1:{self._server.port}/{path}"

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -200,7 +201,8 @@ class SwitchLog:
         with self.store.session() as session, session.begin():
             row = self._require(session, name)
             row.pinned_endpoint, row.pinned_until, row.operator_at = endpoint, until, at
-            self._event(session, at, name, "pinned", f"pinned to {endpoint} until {until:.0f}")
+            when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            self._event(session, at, name, "pinned", f"pinned to {endpoint} until {when}")
 
     def unpin(self, name: str, at: float) -> bool:
         with self.store.session() as session, session.begin():
@@ -308,6 +310,9 @@ class SwitchLog:
         (a rehome or key rotation of it), whatever the evaluation read before.
         """
         with self.store.session() as session, session.begin():
+            # Instances sharing PostgreSQL check-and-set one at a time: the row stays locked
+            # until the intent is written (SQLite serialises writers anyway).
+            session.get(GroupRow, group, with_for_update=True)
             row = self._require(session, group)
             if row.active_endpoint != expected_active:
                 return None
