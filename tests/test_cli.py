@@ -445,7 +445,7 @@ def test_history_fits_the_terminal_with_relative_times(
     world.sims["b"].set(Behaviour.HTTP_500)
     assert run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b")[0] == 1
     world.sims["b"].set(Behaviour.OK)
-    assert run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b")[0] == 0
+    assert run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b", "--hold", "0")[0] == 0
     monkeypatch.setenv("COLUMNS", "80")
     code, out, _ = run_cli(capsys, "history", "-c", path)
     assert code == 0
