@@ -17,12 +17,15 @@ RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin moni
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
-    CONVAI_MONITOR_CONFIG=/etc/convai-monitor/config.yaml
+    CONVAI_MONITOR_CONFIG=/etc/convai-monitor/config.yaml \
+    CONVAI_MONITOR_DB_URL=sqlite:////data/convai-monitor.db \
+    CONVAI_MONITOR_LISTEN=0.0.0.0:9478
 USER monitor
 WORKDIR /data
-# The SQLite database: point storage.url at sqlite:////data/convai-monitor.db.
+# The SQLite database: storage.url sqlite:////data/convai-monitor.db (the example config
+# reads it from CONVAI_MONITOR_DB_URL, and server.listen from CONVAI_MONITOR_LISTEN).
 VOLUME ["/data"]
-# server.listen must be set (e.g. 0.0.0.0:9478) for the health check and Prometheus.
+# server.listen must be set to 0.0.0.0:9478 for the health check and Prometheus.
 EXPOSE 9478
 HEALTHCHECK --interval=30s --timeout=5s --start-period=30s --retries=3 \
   CMD ["python", "-c", "import sys, urllib.request; sys.exit(0 if urllib.request.urlopen('http://127.0.0.1:9478/healthz', timeout=4).status == 200 else 1)"]

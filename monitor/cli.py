@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -48,7 +49,12 @@ def _config(args: argparse.Namespace) -> Config:
 
 
 def cmd_config_validate(args: argparse.Namespace) -> int:
+    from monitor.config import storage_problems
+
     config = _config(args)
+    problems = storage_problems(config)
+    if problems:
+        raise ConfigError(problems, args.config or os.environ.get(CONFIG_ENV))
     endpoints = sum(len(g.endpoints) for g in config.groups)
     _out(f"config ok: {len(config.groups)} group(s), {endpoints} endpoint(s)")
     return EXIT_OK
@@ -156,7 +162,8 @@ def cmd_status(args: argparse.Namespace) -> int:
     if alerts["last_failure"]:
         failure = alerts["last_failure"]
         _out(
-            f"  last failed delivery: {failure['kind']} for {failure['group']}: {failure['error']}"
+            f"  last failed delivery: {failure['kind']} for {failure['group']} to "
+            f"{failure['target']}: {failure['error']}"
         )
     return EXIT_OK
 
@@ -181,7 +188,7 @@ def cmd_failover(args: argparse.Namespace) -> int:
     async def go() -> Any:
         async with _convai(config) as convai:
             return await manual_failover(
-                config, store, convai, args.group, args.to, force=args.force
+                config, store, convai, args.group, args.to, force=args.force, yes=args.yes
             )
 
     try:
@@ -219,7 +226,13 @@ def cmd_pin(args: argparse.Namespace) -> int:
         async def go() -> Any:
             async with _convai(config) as convai:
                 return await manual_failover(
-                    config, store, convai, args.group, args.endpoint, force=args.force
+                    config,
+                    store,
+                    convai,
+                    args.group,
+                    args.endpoint,
+                    force=args.force,
+                    yes=args.yes,
                 )
 
         result = _run_async(go())
@@ -257,8 +270,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     from monitor.app import open_store
     from monitor.durations import parse_duration
     from monitor.ops import require_group
-    from monitor.report import table
-    from monitor.state import State
+    from monitor.report import history_lines
+    from monitor.state import State, event_dict
 
     config = _config(args)
     if args.group is not None:
@@ -269,24 +282,19 @@ def cmd_history(args: argparse.Namespace) -> int:
         raise UsageError(f"--since: {exc}") from None
     store = open_store(config)
     try:
-        events = State(config, store).history(args.group, since, time.time())
+        now = time.time()
+        records = State(config, store).switches.history(args.group, now - since)
     finally:
         store.close()
     if args.json:
-        _json({"events": events})
+        _json({"events": [event_dict(e) for e in records]})
         return EXIT_OK
-    if not events:
+    if not records:
         _out(f"no events in the last {args.since}")
         return EXIT_OK
-    _out(
-        table(
-            ["AT", "GROUP", "KIND", "WHAT", "TRANSACTION"],
-            [
-                (e["at"], e["model_group_name"], e["kind"], e["message"], e["transaction_id"])
-                for e in events
-            ],
-        )
-    )
+    width = shutil.get_terminal_size((100, 24)).columns
+    for line in history_lines(records, now, width):
+        _out(line)
     return EXIT_OK
 
 
@@ -498,7 +506,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run the daemon")
     _add_config(run)
-    run.add_argument("--log-level", default="info", choices=["debug", "info", "warning", "error"])
+    run.add_argument(
+        "--log-level",
+        default="info",
+        choices=["debug", "info", "warning", "error"],
+        help="least level logged (default: info)",
+    )
     run.add_argument(
         "--dry-run",
         action="store_true",
@@ -525,8 +538,11 @@ def build_parser() -> argparse.ArgumentParser:
     fo = commands.add_parser("failover", help="switch a group to an endpoint now")
     _add_config(fo)
     fo.add_argument("group", metavar="GROUP")
-    fo.add_argument("--to", required=True, metavar="ENDPOINT")
+    fo.add_argument(
+        "--to", required=True, metavar="ENDPOINT", help="the configured endpoint to switch to"
+    )
     fo.add_argument("--force", action="store_true", help="skip the pre-flight probe")
+    fo.add_argument("--yes", action="store_true", help="confirm --force to an endpoint judged down")
     fo.set_defaults(func=cmd_failover)
 
     pn = commands.add_parser("pin", help="hold a group on an endpoint for a while")
@@ -535,6 +551,7 @@ def build_parser() -> argparse.ArgumentParser:
     pn.add_argument("endpoint", metavar="ENDPOINT")
     pn.add_argument("--for", dest="duration", required=True, metavar="DURATION", help="e.g. 2h")
     pn.add_argument("--force", action="store_true", help="skip the pre-flight probe")
+    pn.add_argument("--yes", action="store_true", help="confirm --force to an endpoint judged down")
     pn.set_defaults(func=cmd_pin)
 
     up = commands.add_parser("unpin", help="let automatic switching resume")
@@ -544,9 +561,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     hi = commands.add_parser("history", help="the audit log: switches, drift, all-down, ...")
     _add_config(hi)
-    hi.add_argument("--group", metavar="G")
-    hi.add_argument("--since", default="24h", metavar="DURATION")
-    hi.add_argument("--json", action="store_true")
+    hi.add_argument("--group", metavar="G", help="only this group")
+    hi.add_argument(
+        "--since", default="24h", metavar="DURATION", help="how far back (default: 24h)"
+    )
+    hi.add_argument("--json", action="store_true", help="machine-readable output")
     hi.set_defaults(func=cmd_history)
 
     ex = commands.add_parser("explain", help="why a group is on its endpoint now")
@@ -576,7 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands = _nested(commands, "models", "Convai's model groups (/llm-models/*)")
     ml = model_commands.add_parser("list", help="list registered groups")
     _add_config(ml)
-    ml.add_argument("--json", action="store_true")
+    ml.add_argument("--json", action="store_true", help="machine-readable output")
     ml.set_defaults(func=cmd_models)
     for action, text in (
         ("register", "register a configured group"),
@@ -624,6 +643,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from monitor.convai import ConvaiError
     from monitor.ops import OperatorError
     from monitor.runtime.failover import StartupError
+    from monitor.server import ListenError
 
     try:
         return func(args)
@@ -632,9 +652,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"convai-monitor: config error: {where}{redact(problem)}", file=sys.stderr)
         return EXIT_USAGE
-    except (UsageError, StoreError, StartupError, OperatorError) as exc:
+    except (UsageError, StoreError, StartupError, OperatorError, ListenError) as exc:
         return _fail(str(exc))
     except ConvaiError as exc:
         return _fail(str(exc), EXIT_UNHEALTHY)
     except KeyboardInterrupt:
         return 130
+    except BrokenPipeError:
+        # `status | head`: the reader has what it wanted. Point stdout at /dev/null so the
+        # interpreter's final flush does not raise again (the recipe in Python's docs).
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return EXIT_OK

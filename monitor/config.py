@@ -122,11 +122,22 @@ class Policy(Strict):
 
     @model_validator(mode="after")
     def _cadence(self) -> Policy:
-        if self.timeout >= self.interval:
-            raise ValueError("timeout must be shorter than interval")
-        if self.fast_interval > self.interval:
-            raise ValueError("fast_interval must not be longer than interval")
+        problem = cadence_problem(self.interval, self.fast_interval, self.timeout)
+        if problem:
+            raise ValueError(problem)
         return self
+
+
+def cadence_problem(interval: float, fast_interval: float, timeout: float) -> str | None:
+    if timeout >= interval:
+        return "timeout must be shorter than interval"
+    if fast_interval > interval:
+        return "fast_interval must not be longer than interval"
+    return None
+
+
+def duplicates(names: list[Any]) -> list[str]:
+    return sorted({str(n) for n in names if names.count(n) > 1})
 
 
 POLICY_KEYS = frozenset(Policy.model_fields)
@@ -160,8 +171,7 @@ class GroupConfig(Strict):
 
     @model_validator(mode="after")
     def _unique(self) -> GroupConfig:
-        names = [e.name for e in self.endpoints]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = duplicates([e.name for e in self.endpoints])
         if dupes:
             raise ValueError(f"endpoint names must be unique: {', '.join(dupes)}")
         urls = [normalize_url(e.base_url) for e in self.endpoints]
@@ -208,6 +218,11 @@ class AlertTarget(Strict):
     """One apprise URL. The URL is a secret: it is never printed, only its scheme."""
 
     url: SecretStr
+    # How on-call and the CLI call this target ("pagerduty", "slack-oncall"); the URL
+    # itself is never shown.
+    name: str | None = Field(
+        default=None, min_length=1, max_length=60, pattern=r"^[A-Za-z0-9][A-Za-z0-9 ._-]*$"
+    )
     min_severity: Severity = "info"
 
     @field_validator("url")
@@ -240,9 +255,15 @@ class Config(Strict):
     server: ServerConfig = ServerConfig()
 
     @model_validator(mode="after")
+    def _unique_target_names(self) -> Config:
+        dupes = duplicates([t.name for t in self.alerts.targets if t.name])
+        if dupes:
+            raise ValueError(f"alerts.targets names must be unique: {', '.join(dupes)}")
+        return self
+
+    @model_validator(mode="after")
     def _unique_groups(self) -> Config:
-        names = [g.model_group_name for g in self.groups]
-        dupes = sorted({n for n in names if names.count(n) > 1})
+        dupes = duplicates([g.model_group_name for g in self.groups])
         if dupes:
             raise ValueError(f"model_group_name must be unique: {', '.join(dupes)}")
         return self
@@ -380,6 +401,64 @@ def _translate(loc: tuple[int | str, ...], own_keys: dict[int, set[str]]) -> str
     return _loc_to_path(loc)
 
 
+def _cadence_of(policy: Any) -> str | None:
+    if not isinstance(policy, dict):
+        return None
+    base = Policy()
+    try:
+        interval, fast, timeout = (
+            parse_duration(policy[k]) if k in policy else getattr(base, k)
+            for k in ("interval", "fast_interval", "timeout")
+        )
+    except (ValueError, TypeError):
+        return None  # the bad duration itself is reported at its own path
+    return cadence_problem(interval, fast, timeout)
+
+
+def _cross_checks(data: dict[str, Any], own_keys: dict[int, set[str]]) -> list[str]:
+    """The cross-field rules, checked on the raw data.
+
+    Pydantic runs a model's own rules only once its fields are valid, so an unknown key
+    elsewhere would hide `timeout >= interval` or a duplicate name until the next run.
+    These are run whenever validation fails, so the operator sees everything at once.
+    """
+    found: list[str] = []
+    defaults = data.get("defaults")
+    if isinstance(defaults, dict):
+        problem = _cadence_of({k: v for k, v in defaults.items() if k in POLICY_KEYS})
+        if problem:
+            found.append(f"defaults: {problem}")
+    groups = data.get("groups")
+    if not isinstance(groups, list):
+        return found
+    for index, group in enumerate(groups):
+        if not isinstance(group, dict):
+            continue
+        problem = _cadence_of(group.get("policy"))
+        if problem and own_keys.get(index):
+            found.append(f"groups[{index}]: {problem}")
+        endpoints = group.get("endpoints")
+        if not isinstance(endpoints, list):
+            continue
+        items = [e for e in endpoints if isinstance(e, dict)]
+        dupes = duplicates([e["name"] for e in items if isinstance(e.get("name"), str)])
+        if dupes:
+            found.append(f"groups[{index}]: endpoint names must be unique: {', '.join(dupes)}")
+        try:
+            urls = [
+                normalize_url(e["base_url"]) for e in items if isinstance(e.get("base_url"), str)
+            ]
+        except ValueError:
+            urls = []  # a malformed URL is reported at its own path
+        if duplicates(urls):
+            found.append(f"groups[{index}]: endpoint base_urls must be unique within a group")
+    names = [g.get("model_group_name") for g in groups if isinstance(g, dict)]
+    dupes = duplicates([n for n in names if isinstance(n, str)])
+    if dupes:
+        found.append(f"<root>: model_group_name must be unique: {', '.join(dupes)}")
+    return found
+
+
 def _resolve_key_files(config: Config, problems: list[str]) -> Config:
     groups = []
     for gi, group in enumerate(config.groups):
@@ -401,15 +480,30 @@ def _resolve_key_files(config: Config, problems: list[str]) -> Config:
     return config.model_copy(update={"groups": groups})
 
 
+def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:
+    """One line: where, what, and what to do about the mistakes people actually make."""
+    mark = getattr(exc, "problem_mark", None)
+    where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+    problem = str(getattr(exc, "problem", None) or "invalid YAML")
+    context = str(getattr(exc, "context", None) or "")
+    line = text.splitlines()[mark.line] if mark and mark.line < len(text.splitlines()) else ""
+    if "\\t" in problem or "\t" in problem:  # PyYAML names the tab as "\\t"
+        problem = "a tab character: YAML indents with spaces, not tabs; use spaces"
+    elif "flow" in context and "${" in line:
+        # `{name: a, api_key: ${KEY}}`: inside {...} the braces of ${KEY} end the mapping.
+        problem += (
+            '; a ${VAR} inside a {...} mapping must be quoted (api_key: "${VAR}") '
+            "or the mapping written in block style (one key per line)"
+        )
+    return f"{where}{problem}"
+
+
 def parse_config(text: str, source: str | None = None, env: dict[str, str] | None = None) -> Config:
     env = dict(os.environ) if env is None else env
     try:
         raw = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
-        problem = getattr(exc, "problem", None) or "invalid YAML"
-        raise ConfigError([f"{where}{problem}"], source) from None
+        raise ConfigError([_yaml_problem(exc, text)], source) from None
     if not isinstance(raw, dict):
         raise ConfigError(["<root>: expected a mapping of sections (convai, groups, ...)"], source)
     problems: list[str] = []
@@ -427,6 +521,7 @@ def parse_config(text: str, source: str | None = None, env: dict[str, str] | Non
                 line = f"{path or '<root>'}: {_message(error)}"
                 if line not in problems:
                     problems.append(line)
+        problems.extend(p for p in _cross_checks(data, own_keys) if p not in problems)
         raise ConfigError(problems or ["invalid config"], source) from None
     config = _resolve_key_files(config, problems)
     if problems:
@@ -451,6 +546,32 @@ def load_config(path: str | os.PathLike[str] | None) -> Config:
         reason = getattr(exc, "strerror", None) or str(exc)
         raise ConfigError([f"{file}: cannot read: {reason}"]) from None
     return parse_config(text, source=str(file))
+
+
+def storage_problems(config: Config) -> list[str]:
+    """Can the database be opened where storage.url says? (SQLite only: a server database
+    is checked when it is connected to.) Catches `sqlite:///var/lib/...`, which is a path
+    relative to the working directory, before `db upgrade` fails on it."""
+    url = make_url(config.storage.url)
+    if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
+        return []
+    path = Path(url.database or "")
+    hint = (
+        ""
+        if path.is_absolute()
+        else (
+            f" (sqlite:///{path} is relative to the working directory {Path.cwd()}; "
+            f"an absolute path takes four slashes: sqlite:////{path})"
+        )
+    )
+    folder = path.absolute().parent
+    if not folder.is_dir():
+        return [f"storage.url: directory {folder} does not exist{hint}"]
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return [f"storage.url: directory {folder} is not writable by this user{hint}"]
+    if path.exists() and not os.access(path, os.R_OK | os.W_OK):
+        return [f"storage.url: {path.absolute()} is not readable and writable by this user"]
+    return []
 
 
 @dataclass(frozen=True, slots=True)

@@ -60,6 +60,10 @@ class World:
     group: str
     primary: str
     folder: Path
+    # The demo's scripted world has a standby that serves the wrong model, and a failover
+    # must pick the healthy one; a drill's world is the group's own endpoints, all healthy.
+    broken: str | None = None
+    expected: str | None = None
 
     def stop(self) -> None:
         for sim in self.endpoints.values():
@@ -111,7 +115,9 @@ def _world(folder: Path, with_receiver: bool) -> World:
     receiver = AlertReceiver() if with_receiver else None
     if receiver is not None:
         receiver.start()
-    return World(convai, endpoints, receiver, DEMO_GROUP, "vllm", folder)
+    return World(
+        convai, endpoints, receiver, DEMO_GROUP, "vllm", folder, broken="backup", expected="openai"
+    )
 
 
 def demo_config(world: World, db: Path) -> dict[str, Any]:
@@ -283,12 +289,12 @@ async def _play(config: Config, world: World, story: Story, *, drill: bool, prai
 
 def _check(result: dict[str, Any], world: World) -> list[str]:
     problems = []
-    if result["moved_to"] != "openai" and world.group == DEMO_GROUP:
-        problems.append(f"expected a failover to openai, got {result['moved_to']}")
+    if world.expected is not None and result["moved_to"] != world.expected:
+        problems.append(f"expected a failover to {world.expected}, got {result['moved_to']}")
     for kind in ("failover", "failback"):
         if kind not in result["kinds"]:
             problems.append(f"no {kind} was recorded")
-    if world.group == DEMO_GROUP and "endpoint_down" not in result["kinds"]:
+    if world.broken is not None and "endpoint_down" not in result["kinds"]:
         problems.append("the broken standby was not reported")
     if result["alerts_failed"]:
         problems.append(f"{result['alerts_failed']} alert(s) could not be delivered")

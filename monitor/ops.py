@@ -14,6 +14,7 @@ from typing import Any, TypeVar
 from monitor.config import Config, GroupConfig, build_targets
 from monitor.convai import ConvaiClient
 from monitor.domain.outcome import ProbeResult
+from monitor.durations import format_duration
 from monitor.probes import ChatProber
 from monitor.runtime.failover import find_endpoint
 from monitor.runtime.switcher import Switcher, SwitchOutcome, SwitchRequest
@@ -63,11 +64,19 @@ async def manual_failover(
     to: str,
     *,
     force: bool,
+    yes: bool = False,
 ) -> ManualResult:
     from monitor.app import switch_log
 
     group = require_group(config, group_name)
     require_endpoint(group, to)
+    if force and not yes:
+        down = down_text(store, group_name, to, time.time())
+        if down is not None:
+            raise OperatorError(
+                f"{down}: --force skips the pre-flight and sends every character of "
+                f"{group_name} to it; add --yes to switch anyway"
+            )
     switches = switch_log(config, store)
     listing = await convai.list_models()
     registered = listing.get(group_name)
@@ -112,7 +121,31 @@ async def manual_failover(
         )
     finally:
         await prober.aclose()
+    if outcome.status in ("preflight_failed", "drift", "skipped"):
+        # Nothing was switched, but the operator's attempt belongs in the audit log like
+        # any other (a failed update is recorded by the switch itself).
+        switches.record(
+            group_name,
+            "manual_failed",
+            f"operator switch {current} -> {to} not done ({outcome.status}): {outcome.message}",
+            time.time(),
+        )
     return ManualResult(outcome, current, outcome.message)
+
+
+def down_text(store: Store, group: str, endpoint: str, now: float) -> str | None:
+    """`backup is down (for 3m 2s; last probe: model_not_found HTTP 404)`, or None."""
+    state = store.health().get((group, endpoint))
+    if state is None or state.health.value != "down":
+        return None
+    since = f"for {format_duration(now - state.since)}" if state.since else "down"
+    endpoint_id = store.endpoint_ids().get((group, endpoint))
+    last = store.last_probe(endpoint_id) if endpoint_id is not None else None
+    probe = ""
+    if last is not None:
+        status = f" HTTP {last.http_status}" if last.http_status else ""
+        probe = f"; last probe: {last.outcome}{status}"
+    return f"{endpoint} is down ({since}{probe})"
 
 
 def pin(store: Store, group: str, endpoint: str, seconds: float) -> float:

@@ -18,11 +18,24 @@ _MIN_SECRET_LEN = 6
 # Bearer tokens and key-looking tokens are masked even when nobody registered them.
 _PATTERNS = (
     re.compile(r"(?i)(bearer\s+)[^\s\"',;]+"),
-    re.compile(
-        r"(?i)((?:api[_-]?key|convai-api-key|authorization)[\"']?\s*[:=]\s*[\"']?)[^\s\"',;]+"
-    ),
+    re.compile(r"(?i)(authorization[\"']?\s*[:=]\s*[\"']?basic\s+)[^\s\"',;]+"),
     re.compile(r"\bsk-[A-Za-z0-9_\-*.]{6,}"),
 )
+# `api_key: VALUE`: the value is masked, but only when it looks like one. The same shape
+# is a config path followed by a sentence ("convai.api_key: environment variable ... is
+# not set"), and masking the sentence's first word tells the reader nothing.
+_KEYED = re.compile(
+    r"(?i)((?:api[_-]?key|convai-api-key|authorization)[\"']?\s*[:=]\s*[\"']?)([^\s\"',;]+)"
+)
+# Plain words are letters only, in lower case or capitalised; a key has digits, symbols,
+# mixed case, or is long.
+_WORD = re.compile(r"[A-Za-z][a-z]{0,23}")
+
+
+def _mask_value(match: re.Match[str]) -> str:
+    if _WORD.fullmatch(match.group(2)):
+        return match.group(0)
+    return match.group(1) + MASK
 
 
 class Redactor:
@@ -47,7 +60,7 @@ class Redactor:
                 text = text.replace(secret, MASK)
         for pattern in _PATTERNS:
             text = pattern.sub(lambda m: (m.group(1) if m.groups() else "") + MASK, text)
-        return text
+        return _KEYED.sub(_mask_value, text)
 
 
 redactor = Redactor()

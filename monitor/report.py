@@ -49,6 +49,43 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
     return "\n".join(lines)
 
 
+def ago(seconds: float) -> str:
+    """`12s ago`, `3m ago`, `2h 5m ago`, `3d ago`: how long ago, to the unit that matters."""
+    seconds = max(0.0, seconds)
+    if seconds < 60:
+        return f"{seconds:.0f}s ago"
+    if seconds < 3600:
+        return f"{seconds // 60:.0f}m ago"
+    if seconds < 86400:
+        hours, minutes = divmod(int(seconds // 60), 60)
+        return f"{hours}h {minutes}m ago" if minutes else f"{hours}h ago"
+    return f"{seconds // 86400:.0f}d ago"
+
+
+def utc(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
+
+
+def history_lines(events: Sequence[Any], now: float, width: int) -> list[str]:
+    """The audit log for people: one heading line per event (UTC and how long ago, group,
+    kind), the message wrapped under it to the terminal's width."""
+    import textwrap
+
+    width = max(40, width)
+    lines: list[str] = []
+    for event in events:
+        head = f"{utc(event.at)}  {ago(now - event.at):>8}  {event.group}  {event.kind}"
+        lines.append(head[:width])
+        text = event.message
+        tid = (event.details or {}).get("transaction_id")
+        if tid:
+            text += f" (Convai transactionID {tid})"
+        lines.extend(
+            textwrap.wrap(text, width, initial_indent="    ", subsequent_indent="    ") or ["    -"]
+        )
+    return lines
+
+
 def fmt_ms(value: float | None) -> str:
     return "-" if value is None else f"{value:.0f}ms"
 

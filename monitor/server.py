@@ -6,6 +6,7 @@ server's threads, never a probe.
 
 from __future__ import annotations
 
+import errno
 import json
 import threading
 from collections.abc import Callable
@@ -31,6 +32,10 @@ def parse_listen(value: str) -> tuple[str, int]:
     return host, int(port)
 
 
+class ListenError(Exception):
+    """server.listen cannot be bound (port in use, address not on this host): exit 2."""
+
+
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -52,7 +57,18 @@ class StatusServer:
         self._thread: threading.Thread | None = None
 
     def start(self) -> None:
-        server = _Server((self.host, self.port), _Handler)
+        try:
+            server = _Server((self.host, self.port), _Handler)
+        except OSError as exc:
+            reason = exc.strerror or str(exc)
+            hint = (
+                ": another process listens there; stop it or choose another port"
+                if exc.errno == errno.EADDRINUSE
+                else ""
+            )
+            raise ListenError(
+                f"server.listen {self.host}:{self.port}: {reason.lower()}{hint}"
+            ) from None
         server.owner = self  # type: ignore[attr-defined]
         self.port = server.server_address[1]
         self._server = server

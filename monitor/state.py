@@ -211,6 +211,12 @@ class State:
             if not r.monitored and self.config.group(r.name) is None
         ]
         deliveries = Deliveries(store).summary()
+        last_failure = deliveries.last_failure
+        if last_failure is not None:
+            failed_id = str(last_failure.pop("target_id", ""))
+            last_failure["target"] = self._target_names().get(
+                failed_id, "a target no longer configured"
+            )
         return {
             "generated_at": iso(now),
             "groups": groups,
@@ -219,7 +225,7 @@ class State:
                 "pending": deliveries.pending,
                 "delivered": deliveries.delivered,
                 "failed": deliveries.failed,
-                "last_failure": deliveries.last_failure,
+                "last_failure": last_failure,
             },
         }
 
@@ -276,12 +282,10 @@ class State:
         return status
 
     def _target_names(self) -> dict[str, str]:
-        from monitor.alerts.targets import describe, target_id
+        from monitor.alerts.targets import target_names
 
-        return {
-            target_id(t.url.get_secret_value()): describe(i, t.url.get_secret_value())
-            for i, t in enumerate(self.config.alerts.targets)
-        }
+        targets = self.config.alerts.targets
+        return target_names([(t.url.get_secret_value(), t.name) for t in targets])
 
     # --- explain -------------------------------------------------------------------------
 

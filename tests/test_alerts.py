@@ -115,6 +115,24 @@ def test_render_is_redacted_and_says_what_happened() -> None:
     assert "sk-very-secret-key-1234" not in body
 
 
+def test_render_says_the_http_status_once() -> None:
+    _title, body = render(
+        kind="failover",
+        group="g",
+        message="m",
+        details={
+            "failed_probes": [
+                {"at": 0, "outcome": "http_5xx", "http_status": 500, "detail": "HTTP 500: busy"}
+            ]
+        },
+        rule=Rule(Severity.CRITICAL, Effect.OPEN),
+        incident=None,
+    )
+    assert "http_5xx (HTTP 500): busy" in body
+    assert "HTTP 500: HTTP 500" not in body
+    assert "(HTTP 500): HTTP 500" not in body
+
+
 # --- end to end --------------------------------------------------------------------------
 
 
@@ -226,7 +244,9 @@ async def test_undeliverable_alert_is_failed_and_shown(
     world: World, receiver: AlertReceiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
     receiver.fail_next(1000)
-    world.extra["alerts"]["targets"] = [{"url": receiver.url("pager"), "min_severity": "critical"}]
+    world.extra["alerts"]["targets"] = [
+        {"url": receiver.url("pager"), "min_severity": "critical", "name": "pagerduty"}
+    ]
     world.extra["alerts"]["retry_for"] = 0.5
     config = world.config()
     logs = io.StringIO()
@@ -246,6 +266,8 @@ async def test_undeliverable_alert_is_failed_and_shown(
     out = capsys.readouterr().out
     assert "1 failed" in out
     assert "last failed delivery: failover" in out
+    # Which target failed, by the name the config gives it, and why.
+    assert f"for {GROUP} to pagerduty (targets[0], json://...): apprise: failure" in out
 
 
 async def test_reminders_repeat_an_open_critical_incident(
@@ -334,14 +356,17 @@ async def test_no_secret_in_any_alert(
 def test_alerts_test_command(
     world: World, receiver: AlertReceiver, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    world.extra["alerts"]["targets"].append({"url": "json://127.0.0.1:9/nowhere-token-12345"})
+    world.extra["alerts"]["targets"].append(
+        {"url": "json://127.0.0.1:9/nowhere-token-12345", "name": "backup-pager"}
+    )
     code = main(["alerts", "test", "-c", str(world.config_path())])
     out = capsys.readouterr().out
     assert code == 1
     lines = out.strip().splitlines()
     assert lines[0].startswith("targets[0] (json://...): delivered")
     assert lines[1].startswith("targets[1] (json://...): delivered")
-    assert lines[2].startswith("targets[2] (json://...): FAILED")
+    assert lines[2].startswith("backup-pager (targets[2], json://...): FAILED")
+    assert "connection" in lines[2].lower(), lines[2]  # the cause, not just "failure"
     assert "nowhere-token-12345" not in out
     assert str(receiver.url("all")) not in out
     assert len(receiver.received) == 2

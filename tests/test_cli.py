@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import re
 import signal
 import sqlite3
 import subprocess
@@ -82,6 +84,29 @@ def test_unreachable_database_path(world: World, capsys: pytest.CaptureFixture[s
     assert code == 2
     assert err.startswith("convai-monitor: error: database /nonexistent-dir/sub/monitor.db:")
     assert len(err.strip().splitlines()) == 1
+
+
+def test_config_validate_checks_the_database_directory(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Three slashes: relative to the working directory, where var/lib/... does not exist.
+    monkeypatch.chdir(world.tmp_path)
+    world.extra = {"storage": {"url": "sqlite:///var/lib/convai-monitor/convai-monitor.db"}}
+    code, out, err = run_cli(capsys, "config", "validate", "-c", str(world.config_path()))
+    assert (code, out) == (2, "")
+    assert len(err.strip().splitlines()) == 1
+    assert f"directory {world.tmp_path}/var/lib/convai-monitor does not exist" in err
+    assert "sqlite:////var/lib/convai-monitor/convai-monitor.db" in err  # the fix
+    readonly = world.tmp_path / "ro"
+    readonly.mkdir(mode=0o500)
+    world.extra = {"storage": {"url": f"sqlite:///{readonly}/monitor.db"}}
+    code, _, err = run_cli(capsys, "config", "validate", "-c", str(world.config_path()))
+    if os.geteuid() != 0:  # root writes anywhere
+        assert code == 2
+        assert f"directory {readonly} is not writable" in err
+    world.extra = {}
+    code, out, _ = run_cli(capsys, "config", "validate", "-c", str(world.config_path()))
+    assert (code, out.strip()) == (0, "config ok: 1 group(s), 2 endpoint(s)")
 
 
 def test_usage_errors_exit_2(capsys: pytest.CaptureFixture[str]) -> None:
@@ -248,7 +273,8 @@ def test_manual_failover_pin_and_unpin(world: World, capsys: pytest.CaptureFixtu
     world.sims["a"].set(Behaviour.HTTP_500)
     code, _, err = run_cli(capsys, "failover", "-c", path, GROUP, "--to", "a")
     assert code == 1
-    assert "preflight_failed" in err
+    # What the pre-flight saw, not just that it failed.
+    assert "no candidate passed pre-flight (a: http_5xx HTTP 500)" in err
     assert world.registered()["base_url"] == world.sims["b"].base_url
     code, _, err = run_cli(capsys, "failover", "-c", path, GROUP, "--to", "a", "--force")
     assert code == 0, err
@@ -266,7 +292,11 @@ def test_manual_failover_pin_and_unpin(world: World, capsys: pytest.CaptureFixtu
     assert out.strip() == f"unpinned {GROUP}"
     code, out, _ = run_cli(capsys, "history", "-c", path, "--group", GROUP, "--json")
     kinds = [e["kind"] for e in json.loads(out)["events"]]
-    assert kinds == ["manual", "manual", "manual", "pinned", "unpinned"]
+    # The refused switch is in the audit log too.
+    assert kinds == ["manual", "manual_failed", "manual", "manual", "pinned", "unpinned"]
+    code, out, _ = run_cli(capsys, "history", "-c", path, "--group", GROUP)
+    pinned = next(line for line in out.splitlines() if "pinned to b until" in line)
+    assert re.search(r"until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", pinned), pinned
 
     code, _, err = run_cli(capsys, "pin", "-c", path, GROUP, "zz", "--for", "2h")
     assert code == 2
@@ -321,3 +351,96 @@ def test_run_refuses_an_unregistered_group(
     code, _, err = run_cli(capsys, "run", "-c", str(world.config_path()))
     assert code == 2
     assert f"Convai has no model group {GROUP}" in err
+
+
+def test_run_with_listen_port_in_use_is_one_line_exit_2(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        world.extra = {"server": {"listen": f"127.0.0.1:{port}"}}
+        code, _out, err = run_cli(capsys, "run", "-c", str(world.config_path()))
+    assert code == 2
+    lines = [line for line in err.splitlines() if line.startswith("convai-monitor: error:")]
+    assert lines == [
+        f"convai-monitor: error: server.listen 127.0.0.1:{port}: address already in use: "
+        "another process listens there; stop it or choose another port"
+    ]
+    assert "Traceback" not in err
+
+
+def test_status_into_a_closed_pipe_is_quiet(world: World) -> None:
+    """`status | head`: the reader goes away early; no BrokenPipeError traceback."""
+    path = world.config_path()
+    assert main(["db", "upgrade", "-c", str(path)]) == 0
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before the first line is written
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "monitor", "status", "-c", str(path)],
+            stdout=write,
+            stderr=subprocess.PIPE,
+            check=False,
+            timeout=60,
+        )
+    finally:
+        os.close(write)
+    assert proc.returncode == 0
+    assert b"Traceback" not in proc.stderr
+    assert b"BrokenPipeError" not in proc.stderr
+
+
+async def test_forced_failover_to_a_down_endpoint_asks_for_yes(
+    world: World, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import asyncio
+
+    from tests.harness import running, settled, wait_for
+
+    world.sims["b"].set(Behaviour.MODEL_NOT_FOUND)
+    config = world.config()
+    async with running(config) as daemon:
+        await settled(world)
+        assert daemon.monitor is not None
+        states = daemon.monitor.states
+        await wait_for(lambda: states[(GROUP, "b")].health.value == "down", what="b down")
+    capsys.readouterr()  # the daemon's own log lines
+    path = str(world.config_path())
+    argv = ["failover", "-c", path, GROUP, "--to", "b", "--force"]
+    code, out, err = await asyncio.to_thread(run_cli, capsys, *argv)
+    assert (code, out) == (2, "")
+    assert "b is down (for " in err
+    assert "last probe: model_not_found HTTP 404" in err
+    assert "add --yes to switch anyway" in err
+    assert world.registered()["base_url"] == world.sims["a"].base_url  # nothing sent
+    code, out, err = await asyncio.to_thread(run_cli, capsys, *argv, "--yes")
+    assert code == 0, err
+    assert world.registered()["base_url"] == world.sims["b"].base_url
+
+
+def test_history_fits_the_terminal_with_relative_times(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path = str(world.config_path())
+    world.sims["b"].set(Behaviour.HTTP_500)
+    assert run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b")[0] == 1
+    world.sims["b"].set(Behaviour.OK)
+    assert run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b")[0] == 0
+    monkeypatch.setenv("COLUMNS", "80")
+    code, out, _ = run_cli(capsys, "history", "-c", path)
+    assert code == 0
+    lines = out.splitlines()
+    assert max(len(line) for line in lines) <= 80
+    heads = [line for line in lines if not line.startswith("    ")]
+    assert len(heads) == 2
+    assert re.match(
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\dZ +\d+s ago  {GROUP}  manual_failed$", heads[0]
+    )
+    assert heads[1].endswith(f"{GROUP}  manual")
+    text = " ".join(line.strip() for line in lines if line.startswith("    "))
+    assert "b: http_5xx HTTP 500" in text
+    assert "Convai transactionID" in text

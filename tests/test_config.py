@@ -217,3 +217,51 @@ def test_alert_urls_are_checked_but_never_printed() -> None:
 )
 def test_normalize_url(a: str, b: str) -> None:
     assert normalize_url(a) == normalize_url(b)
+
+
+def test_cross_field_rules_come_with_every_other_problem() -> None:
+    # An unknown key, a bad URL, timeout >= interval and duplicate names: one run says all.
+    text = GOOD.replace("  timeout: 15s\n", "  timeout: 40s\n  colour: blue\n")
+    text = text.replace("name: openai", "name: vllm")
+    text = text.replace("https://api.openai.com/v1", "nope")
+    text += text.split("groups:\n", 1)[1]
+    found = problems(text)
+    assert "defaults.colour: unknown key" in found
+    assert "groups[0].endpoints[1].base_url: not a URL (expected http:// or https://)" in found
+    assert "defaults: timeout must be shorter than interval" in found
+    assert "groups[0]: endpoint names must be unique: vllm" in found
+    assert "<root>: model_group_name must be unique: my-turbo" in found
+    assert len(found) == len(set(found))
+
+
+def test_tab_in_yaml_says_use_spaces() -> None:
+    found = problems(GOOD.replace("  interval: 30s", "\tinterval: 30s"))
+    assert len(found) == 1
+    assert found[0].startswith("line 8, column 1: ")
+    assert "use spaces" in found[0]
+
+
+def test_unquoted_variable_in_flow_mapping_says_quote_or_block_style() -> None:
+    text = GOOD.replace(
+        "      - name: vllm\n        base_url: https://vllm.internal/v1/\n"
+        "        api_key: ${VLLM_API_KEY}\n",
+        "      - {name: vllm, base_url: https://vllm.internal/v1, api_key: ${VLLM_API_KEY}}\n",
+    )
+    found = problems(text)
+    assert len(found) == 1
+    assert "must be quoted" in found[0]
+    assert "block style" in found[0]
+    quoted = text.replace("api_key: ${VLLM_API_KEY}}", 'api_key: "${VLLM_API_KEY}"}')
+    assert parse_config(quoted, env=ENV).groups[0].endpoints[0].key == "vllm-secret"
+
+
+def test_readme_configuration_example_validates(tmp_path: Path) -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Configuration", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    # The key file is the one thing that must exist on the machine that runs it.
+    (tmp_path / "openai").write_text("sk-example-key\n")
+    assert "/run/secrets/openai" in example
+    example = example.replace("/run/secrets/openai", str(tmp_path / "openai"))
+    config = parse_config(example, env={"CONVAI_API_KEY": "k-1234567", "VLLM_API_KEY": "k-7654"})
+    assert [e.name for e in config.groups[0].endpoints] == ["vllm", "openai"]

@@ -67,6 +67,26 @@ def test_drill_uses_the_real_targets_and_marks_alerts(
     assert not (tmp_path / "monitor.db").exists()
 
 
+def test_drill_works_for_any_group_name(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Even the demo's own group name: what the drill checks follows its world, not a name.
+    for name in ("demo-turbo", "llama3.1-70b-companyX"):
+        group = {
+            "model_group_name": name,
+            "model_name": "m",
+            "endpoints": [
+                {"name": "one", "base_url": "https://one.invalid/v1", "api_key": "k-1234567"},
+                {"name": "two", "base_url": "https://two.invalid/v1", "api_key": "k-7654321"},
+            ],
+        }
+        folder = tmp_path / name
+        folder.mkdir()
+        path = write_config(folder, config_dict(folder, [group]))
+        code = main(["drill", "-c", str(path), name])
+        out = capsys.readouterr().out
+        assert code == 0, out
+        assert "Drill passed" in out
+
+
 def test_drill_needs_a_fallback(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     group = {
         "model_group_name": "solo",

@@ -69,3 +69,56 @@ def test_sidecar_config_validates(monkeypatch: pytest.MonkeyPatch) -> None:
     )
     config = parse_config(text, env=env)
     assert config.server.listen == "0.0.0.0:9478"
+
+
+def test_compose_runs_the_example_config_as_shipped(tmp_path: Path) -> None:
+    """The compose file mounts the example config unchanged: with the environment compose
+    gives it, the database is on the /data volume and the server listens on 0.0.0.0 at
+    the published port (127.0.0.1 inside a container is unreachable)."""
+    from monitor.config import parse_config
+
+    compose = yaml.safe_load((REPO / "config" / "docker-compose.yaml").read_text())
+    service = compose["services"]["convai-monitor"]
+    env = {
+        name: value if not value.startswith("${") else f"stand-in-{name.lower()}-123"
+        for name, value in service["environment"].items()
+    }
+    env["SLACK_WEBHOOK_URL"] = "json://127.0.0.1:9/slack"
+    env["PAGERDUTY_URL"] = "json://127.0.0.1:9/pd"
+    mounts = {m.split(":")[1]: m.split(":")[0] for m in service["volumes"]}
+    assert mounts["/etc/convai-monitor/config.yaml"] == "./convai-monitor.example.yaml"
+    # Secrets are mounted at /run/secrets/NAME; stand in a local folder for it.
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    (secrets / "openai").write_text("sk-stand-in-key\n")
+    env["CREDENTIALS_DIRECTORY"] = str(secrets)
+    text = (REPO / "config" / "convai-monitor.example.yaml").read_text()
+    config = parse_config(text, env=env)
+    assert config.storage.url == "sqlite:////data/convai-monitor.db"
+    assert "/data" in mounts
+    assert config.server.listen is not None
+    host, port = config.server.listen.rsplit(":", 1)
+    assert host == "0.0.0.0"
+    assert any(p.endswith(f":{port}") for p in service["ports"])
+    # The image itself sets the same, for `docker run` without compose.
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "CONVAI_MONITOR_DB_URL=sqlite:////data/convai-monitor.db" in dockerfile
+    assert "CONVAI_MONITOR_LISTEN=0.0.0.0:9478" in dockerfile
+
+
+def test_example_config_outside_a_container_is_absolute_and_local(tmp_path: Path) -> None:
+    from monitor.config import parse_config
+
+    (tmp_path / "openai").write_text("sk-stand-in-key\n")
+    env = {
+        "CONVAI_API_KEY": "k-1234567",
+        "VLLM_API_KEY": "k-7654321",
+        "SLACK_WEBHOOK_URL": "json://127.0.0.1:9/slack",
+        "PAGERDUTY_URL": "json://127.0.0.1:9/pd",
+        "CREDENTIALS_DIRECTORY": str(tmp_path),
+    }
+    text = (REPO / "config" / "convai-monitor.example.yaml").read_text()
+    config = parse_config(text, env=env)
+    # Four slashes: the systemd unit's StateDirectory, wherever the daemon is started.
+    assert config.storage.url == "sqlite:////var/lib/convai-monitor/convai-monitor.db"
+    assert config.server.listen == "127.0.0.1:9478"

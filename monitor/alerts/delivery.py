@@ -14,7 +14,7 @@ from typing import Any
 import apprise
 import structlog
 
-from monitor.alerts.targets import describe, target_id
+from monitor.alerts.targets import target_id, target_names
 from monitor.config import AlertsConfig
 from monitor.domain.alerts import Severity, backoff
 from monitor.redact import redact
@@ -55,6 +55,7 @@ class Notifier:
 
     def __init__(self, config: AlertsConfig) -> None:
         self.targets: dict[str, tuple[int, str]] = {}
+        self.names = target_names([(t.url.get_secret_value(), t.name) for t in config.targets])
         self._apprise: dict[str, apprise.Apprise] = {}
         for index, target in enumerate(config.targets):
             url = target.url.get_secret_value()
@@ -71,8 +72,7 @@ class Notifier:
         ]
 
     def name(self, key: str) -> str:
-        index, url = self.targets.get(key, (-1, ""))
-        return describe(index, url) if index >= 0 else f"target {key} (no longer configured)"
+        return self.names.get(key, f"target {key} (no longer configured)")
 
     def send(self, key: str, title: str, body: str, notify_type: str) -> SendResult:
         started = time.perf_counter()

@@ -37,6 +37,20 @@ def _clock(ts: float) -> str:
     return datetime.fromtimestamp(ts, UTC).strftime("%H:%M:%SZ")
 
 
+def probe_text(probe: dict[str, Any]) -> str:
+    """`http_5xx (HTTP 500): overloaded`, saying the status once even when the probe's
+    detail starts with it."""
+    status = probe.get("http_status")
+    detail = str(probe.get("detail") or "")
+    if status and detail.startswith(f"HTTP {status}"):
+        detail = detail.removeprefix(f"HTTP {status}").lstrip(":").strip()
+    return (
+        str(probe.get("outcome"))
+        + (f" (HTTP {status})" if status else "")
+        + (f": {detail}" if detail else "")
+    )
+
+
 def render(
     *,
     kind: str,
@@ -59,12 +73,7 @@ def render(
     if probes:
         lines.append("Last failed probes:")
         for probe in probes[-5:]:
-            status = probe.get("http_status")
-            lines.append(
-                f"  {_clock(float(probe['at']))} {probe.get('outcome')}"
-                + (f" (HTTP {status})" if status else "")
-                + (f": {probe['detail']}" if probe.get("detail") else "")
-            )
+            lines.append(f"  {_clock(float(probe['at']))} {probe_text(probe)}")
     if details.get("detection_to_switch_s") is not None:
         lines.append(f"Detection to switch: {details['detection_to_switch_s']}s")
     if details.get("transaction_id"):

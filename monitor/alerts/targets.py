@@ -42,9 +42,16 @@ def target_id(url: str) -> str:
     return hashlib.sha256(url.encode()).hexdigest()[:16]
 
 
-def describe(index: int, url: str) -> str:
-    """How a target is shown to people: its position and scheme, nothing secret."""
+def describe(index: int, url: str, name: str | None = None) -> str:
+    """How a target is shown to people: its name or position, and scheme; nothing secret."""
+    if name:
+        return f"{name} (targets[{index}], {scheme(url)}://...)"
     return f"targets[{index}] ({scheme(url)}://...)"
+
+
+def target_names(targets: list[tuple[str, str | None]]) -> dict[str, str]:
+    """target id -> how it is shown, for (url, name) in config order."""
+    return {target_id(url): describe(i, url, name) for i, (url, name) in enumerate(targets)}
 
 
 def secret_parts(url: str) -> list[str]:

@@ -82,6 +82,7 @@ class Switcher:
         """
         bound = log.bind(group=request.group)
         chosen: Target | None = None
+        refused: list[str] = []  # why each candidate failed pre-flight
         for target in request.candidates:
             if not request.preflight:
                 chosen = target
@@ -96,10 +97,12 @@ class Switcher:
                 outcome=result.outcome.value,
                 detail=result.detail,
             )
+            status = f" HTTP {result.http_status}" if result.http_status else ""
+            refused.append(f"{target.endpoint}: {result.outcome.value}{status}")
         if chosen is None:
-            names = ", ".join(t.endpoint for t in request.candidates)
             return SwitchOutcome(
-                "preflight_failed", message=f"no candidate passed pre-flight ({names})"
+                "preflight_failed",
+                message=f"no candidate passed pre-flight ({'; '.join(refused)})",
             )
 
         if self.dry_run:

@@ -261,6 +261,7 @@ class Deliveries:
                     "kind": last.kind,
                     "attempts": last.attempts,
                     "error": last.last_error,
+                    "target_id": last.target_id,
                 }
             )
         return DeliverySummary(

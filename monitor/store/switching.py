@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import select
@@ -175,7 +176,8 @@ class SwitchLog:
         with self.store.session() as session, session.begin():
             row = self._require(session, name)
             row.pinned_endpoint, row.pinned_until, row.operator_at = endpoint, until, at
-            self._event(session, at, name, "pinned", f"pinned to {endpoint} until {until:.0f}")
+            when = datetime.fromtimestamp(until, UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            self._event(session, at, name, "pinned", f"pinned to {endpoint} until {when}")
 
     def unpin(self, name: str, at: float) -> bool:
         with self.store.session() as session, session.begin():
