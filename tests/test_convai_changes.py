@@ -4,9 +4,6 @@ before an update skips a switch a human made moot, and `run --register` register
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
-import json
 import signal
 import subprocess
 import sys
@@ -17,11 +14,20 @@ from typing import Any
 import httpx
 import pytest
 
-from monitor.cli import main
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from tests.conftest import CONVAI_KEY, MODEL
-from tests.harness import GROUP, World, daemon_process, make_world, poll, running, settled, wait_for
+from tests.harness import (
+    GROUP,
+    World,
+    cli_json,
+    daemon_process,
+    make_world,
+    poll,
+    running,
+    settled,
+    wait_for,
+)
 
 Factory = Callable[..., EndpointSim]
 
@@ -57,18 +63,12 @@ async def human_moves_group(world: World, base_url: str, api_key: str) -> None:
 
 
 def status_json(path: Path) -> dict[str, Any]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["status", "-c", str(path), "--json"]) == 0
-    data: dict[str, Any] = json.loads(out.getvalue())
+    data: dict[str, Any] = cli_json("status", "-c", str(path))
     return data
 
 
 def history(path: Path) -> list[dict[str, Any]]:
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["history", "-c", str(path), "--json"]) == 0
-    events: list[dict[str, Any]] = json.loads(out.getvalue())["events"]
+    events: list[dict[str, Any]] = cli_json("history", "-c", str(path))["events"]
     return events
 
 

@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
-import json
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -13,11 +10,10 @@ from typing import Any
 
 import pytest
 
-from monitor.cli import main
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.sim.receiver import AlertReceiver
-from tests.harness import GROUP, World, make_world, running, settled, wait_for
+from tests.harness import GROUP, World, cli_json, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
 
@@ -269,11 +265,7 @@ async def test_a_failing_update_pages_once_and_backs_off(
 
 
 def status_json(path: Path) -> dict[str, Any]:
-    """What `convai-monitor status --json` prints (run in-process, like a user would)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main(["status", "-c", str(path), "--json"]) == 0
-    data: dict[str, Any] = json.loads(out.getvalue())
+    data: dict[str, Any] = cli_json("status", "-c", str(path))
     return data
 
 

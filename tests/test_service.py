@@ -22,15 +22,9 @@ from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.store.switching import SwitchLog
 from tests.conftest import CONVAI_KEY
-from tests.harness import GROUP, World, daemon_process, make_world, poll
+from tests.harness import GROUP, World, daemon_process, free_port, make_world, poll
 
 Factory = Callable[..., EndpointSim]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def get(url: str) -> httpx.Response | None:
