@@ -400,6 +400,9 @@ class Daemon:
         assert self.monitor is not None
         assert self.engine is not None
         monitor, engine = self.monitor, self.engine
+        # Results buffered before the reload are written first: written after it, an old
+        # URL's results would overwrite the fresh health of a new one.
+        await monitor.recorder.flush()
         ids = await monitor.recorder.call(
             self.store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
         )
