@@ -249,7 +249,8 @@ def test_run_status_and_sigterm(world: World, capsys: pytest.CaptureFixture[str]
     assert "is on b, not on its primary a" in out
     assert "switched automatically from a to b" in out
 
-    # Restarted, the daemon remembers a is down (persisted health).
+    # The health the daemon judged is in the database for the next start to resume from
+    # (test_failover_e2e.py::test_health_and_incident_survive_a_restart restarts one).
     conn = sqlite3.connect(world.tmp_path / "monitor.db")
     try:
         health = dict(conn.execute("select name, health from endpoints").fetchall())
