@@ -19,6 +19,7 @@ from monitor.domain.latency import Bucket, fold, hist_percentile
 from monitor.durations import format_duration
 from monitor.report import iso
 from monitor.store import Store
+from monitor.store.lease import Leases
 from monitor.store.outbox import Deliveries
 from monitor.store.store import HOUR, WindowStats
 from monitor.store.switching import EventRecord, GroupRecord, SwitchLog
@@ -160,6 +161,7 @@ class State:
         store = self.store
         ids = store.endpoint_ids()
         health = store.health()
+        views = store.vantage_health()
         shapes = store.probe_shapes()
         records = self.switches.groups()
         groups = []
@@ -203,6 +205,15 @@ class State:
                         "latency_ms_24h": _latency(windows["24h"]),
                         # The request shape the probe was adapted to; None: as configured.
                         "probe": shapes.get(key),
+                        # Each instance's own judgement (the leader's is `health`).
+                        "vantages": {
+                            name: {
+                                "health": view.health.value,
+                                "since": iso(view.since),
+                                "last_probe_at": iso(view.last_probe_at),
+                            }
+                            for name, view in sorted(views.get(key, {}).items())
+                        },
                     }
                 )
             record = records.get(group.model_group_name)
@@ -257,6 +268,7 @@ class State:
             )
         return {
             "generated_at": iso(now),
+            "cluster": self.cluster(),
             "groups": groups,
             "unmonitored": unmonitored,
             "alerts": {
@@ -265,6 +277,25 @@ class State:
                 "failed": deliveries.failed,
                 "last_failure": last_failure,
             },
+        }
+
+    def cluster(self) -> dict[str, Any]:
+        """The leader, its lease and every instance's last heartbeat (database clock)."""
+        lease, instances = Leases(self.store).read()
+        return {
+            "leader": lease.holder if lease.live else None,
+            "fencing_token": lease.token,
+            "lease_expires_in_s": _round(lease.expires_at - lease.now) if lease.live else None,
+            "instances": [
+                {
+                    "name": i.name,
+                    "version": i.version,
+                    "leader": lease.live and i.name == lease.holder,
+                    "heartbeat_age_s": _round(lease.now - i.heartbeat_at),
+                    "started_at": iso(i.started_at),
+                }
+                for i in instances
+            ],
         }
 
     # --- history -------------------------------------------------------------------------
