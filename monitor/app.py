@@ -312,6 +312,9 @@ class Daemon:
                     await asyncio.wait_for(self.deliverer.run_once(), FINAL_DELIVERY_TIMEOUT)
             self.deliverer.close()
         if self.leadership is not None:
+            if self.monitor is not None:
+                # The last results still count as the leader's (the shared health).
+                await self.monitor.recorder.flush()
             # Hand over now rather than after a lease_ttl of nobody leading.
             await self.leadership.release()
         if self.server is not None:
