@@ -211,3 +211,24 @@ def test_an_alert_delivered_to_several_targets_is_one_timeline_entry(
     assert timeline[0]["message"] == (
         "alert about all_down delivered to targets[0] (json://...), targets[1] (json://...)"
     )
+
+
+def test_a_hold_shows_as_held_and_a_pin_as_pinned(tmp_path: Path, store: Store) -> None:
+    config = _config(tmp_path, "http://127.0.0.1:9/v1")
+    log = SwitchLog(store)
+    log.observe_registration(
+        "g", registered_base_url=None, model_name="m", monitored=True, active_endpoint="a", at=NOW
+    )
+
+    def state() -> str:
+        return str(State(config, store).status(NOW)["groups"][0]["state"])
+
+    log.pin("g", "a", NOW + 3600, NOW - 30)
+    assert state() == "pinned"
+    # `failover --hold` pins the group and records `held`.
+    log.record("g", "held", "held on a for 1h after a manual switch", NOW - 20)
+    assert state() == "held"
+    log.unpin("g", NOW - 10)
+    assert state() == "healthy"
+    log.pin("g", "a", NOW + 3600, NOW - 5)
+    assert state() == "pinned"
