@@ -10,29 +10,18 @@ from monitor.alerts.targets import target_id
 from monitor.config import Config, load_config
 from monitor.domain.alerts import Severity
 from monitor.domain.latency import Bucket, fold
-from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.report import iso
 from monitor.state import PAGE_DAYS, State, daily_uptime, latency_series
 from monitor.store import Store
 from monitor.store.outbox import Deliveries, Outbox, Route
 from monitor.store.switching import SwitchLog
 from tests.conftest import config_dict, write_config
+from tests.test_store import result
 
 DAY = 86400
 HOUR = 3600
 # Noon UTC on a day: the current day is half gone, the current hour just begun.
 NOW = 1_800_000_000 - 1_800_000_000 % DAY + 12 * HOUR + 60.0
-
-
-def result(at: float, ok: bool = True, latency: float = 100.0) -> ProbeResult:
-    return ProbeResult(
-        at=at,
-        group="g",
-        endpoint="a",
-        outcome=Outcome.OK if ok else Outcome.CONNECT_ERROR,
-        latency_ms=latency if ok else None,
-        http_status=200 if ok else None,
-    )
 
 
 @pytest.mark.parametrize(
