@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from monitor.app import open_store
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
-from monitor.app import open_store
 from monitor.store.switching import SwitchLog
 from tests.harness import GROUP, World, make_world, running, settled, wait_for
 
@@ -182,8 +182,10 @@ async def test_flapping_freezes_the_group_when_the_fallbacks_flap_too(world: Wor
         for sim in (b, c):
             sim.set(Behaviour.REFUSE)
         await wait_for(
-            lambda: states[(GROUP, "b")].health.value == "down"
-            and states[(GROUP, "c")].health.value == "down",
+            lambda: (
+                states[(GROUP, "b")].health.value == "down"
+                and states[(GROUP, "c")].health.value == "down"
+            ),
             what="fallbacks down",
         )
         for sim in (b, c):
