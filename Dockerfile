@@ -9,7 +9,7 @@ COPY monitor ./monitor
 COPY migrations ./migrations
 RUN python -m venv /opt/venv \
  && /opt/venv/bin/pip install --no-cache-dir --upgrade pip \
- && /opt/venv/bin/pip install --no-cache-dir .
+ && /opt/venv/bin/pip install --no-cache-dir '.[postgres]'
 
 FROM python:3.12-slim
 RUN useradd --system --uid 10001 --home-dir /data --shell /usr/sbin/nologin monitor \
@@ -22,8 +22,9 @@ ENV PATH=/opt/venv/bin:$PATH \
     CONVAI_MONITOR_LISTEN=0.0.0.0:9478
 USER monitor
 WORKDIR /data
-# The SQLite database: storage.url sqlite:////data/convai-monitor.db (the example config
+# The SQLite database: storage.url sqlite:////data/convai-monitor.db (one instance; the example config
 # reads it from CONVAI_MONITOR_DB_URL, and server.listen from CONVAI_MONITOR_LISTEN).
+# Several instances share a postgresql+psycopg://... URL instead (the driver is installed).
 VOLUME ["/data"]
 # server.listen must be set to 0.0.0.0:9478 for the health check and Prometheus.
 EXPOSE 9478

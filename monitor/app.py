@@ -251,7 +251,7 @@ class Daemon:
             "daemon_started",
             groups=len(config.groups),
             endpoints=len(targets),
-            database=store.path or "external",
+            database=store.where,
             dry_run=self.dry_run,
             listen=f"{self.server.host}:{self.server.port}" if self.server else None,
         )

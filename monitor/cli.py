@@ -66,7 +66,7 @@ def cmd_db_upgrade(args: argparse.Namespace) -> int:
     config = _config(args)
     store = open_store(config, migrate=True)
     store.close()
-    _out(f"database at the newest schema: {store.path or 'external database'}")
+    _out(f"database at the newest schema: {store.where}")
     return EXIT_OK
 
 

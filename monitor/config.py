@@ -7,6 +7,7 @@ anything can log them.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import re
 from collections.abc import Iterator
@@ -94,10 +95,52 @@ class StorageConfig(Strict):
     @classmethod
     def _sqlalchemy_url(cls, value: str) -> str:
         try:
-            make_url(value)
+            url = make_url(value)
         except ArgumentError:
             raise ValueError("not a database URL (e.g. sqlite:///convai-monitor.db)") from None
-        return value
+        backend = url.get_backend_name()
+        driver = url.drivername.partition("+")[2]
+        if backend == "sqlite":
+            return value
+        if backend != "postgresql":
+            raise ValueError(
+                f"{backend} is not supported: use sqlite:///FILE or "
+                "postgresql+psycopg://USER@HOST:5432/DB"
+            )
+        if "+" in url.drivername and driver != "psycopg":
+            raise ValueError(
+                f"PostgreSQL driver {driver} is not supported: "
+                "use postgresql+psycopg:// (psycopg 3)"
+            )
+        if importlib.util.find_spec("psycopg") is None:
+            raise ValueError(
+                "PostgreSQL needs the psycopg driver: pip install 'convai-monitor[postgres]'"
+            )
+        # `postgresql://` alone means psycopg2 to SQLAlchemy; the daemon ships psycopg 3.
+        return url.set(drivername="postgresql+psycopg").render_as_string(hide_password=False)
+
+
+def _percent(value: Any) -> Any:
+    """`30%`, `0.3` or `30` (percent when over 1) to a fraction."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            number = float(text.removesuffix("%"))
+        except ValueError:
+            raise ValueError(f"not a percentage: {value!r} (e.g. 30%)") from None
+        return number / 100.0 if text.endswith("%") or number > 1 else number
+    if isinstance(value, int | float) and not isinstance(value, bool) and value > 1:
+        return value / 100.0
+    return value
+
+
+class FailureRateConfig(Strict):
+    """Down when this share of the probes in the window failed (brownouts)."""
+
+    window: Duration = 60.0
+    # Fewer probes than this in the window say too little to judge a rate on.
+    min_probes: int = Field(default=10, ge=2, le=10_000)
+    threshold: Annotated[float, BeforeValidator(_percent)] = Field(default=0.30, gt=0.0, le=1.0)
 
 
 class Policy(Strict):
@@ -119,12 +162,20 @@ class Policy(Strict):
     failback_after: Duration = 300.0
     min_dwell: Duration = 120.0
     max_switches_per_hour: int = Field(default=4, ge=1, le=60)
+    failure_rate: FailureRateConfig = FailureRateConfig()
+    # What makes the active endpoint worth leaving: failed probes, and (when listed) a
+    # window p95 latency over latency_threshold.
+    failover_on: tuple[Literal["errors", "latency"], ...] = Field(default=("errors",), min_length=1)
 
     @model_validator(mode="after")
     def _cadence(self) -> Policy:
         problem = cadence_problem(self.interval, self.fast_interval, self.timeout)
         if problem:
             raise ValueError(problem)
+        if "errors" not in self.failover_on:
+            raise ValueError("failover_on must include errors (latency is the optional extra)")
+        if "latency" in self.failover_on and self.latency_threshold is None:
+            raise ValueError("failover_on: latency needs latency_threshold")
         return self
 
 
@@ -275,6 +326,10 @@ class Config(Strict):
         from monitor.alerts.targets import secret_parts
 
         yield self.convai.api_key.get_secret_value()
+        # A database password in storage.url is as secret as any key.
+        password = make_url(self.storage.url).password
+        if password:
+            yield str(password)
         for group in self.groups:
             for endpoint in group.endpoints:
                 yield endpoint.key

@@ -1,8 +1,10 @@
-"""Shared fixtures: real loopback simulators, real SQLite files, config files on disk."""
+"""Shared fixtures: real loopback simulators, real SQLite files, a real PostgreSQL server
+(started once per session from the machine's binaries), config files on disk."""
 
 from __future__ import annotations
 
 import hashlib
+import itertools
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,6 +17,7 @@ import yaml
 from monitor.redact import redactor
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import EndpointSim
+from monitor.sim.postgres import LocalPostgres, PostgresUnavailable
 
 CONVAI_KEY = "canary-convai-key-5f1e2d3c"
 MODEL = "sim-model"
@@ -43,6 +46,38 @@ def _fresh_redactor() -> Iterator[None]:
     yield
     redactor.clear()
     structlog.reset_defaults()
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[LocalPostgres]:
+    """One real PostgreSQL server for the whole session; each test gets its own database.
+
+    A test that needs PostgreSQL and cannot have it fails: a skip would let the suite pass
+    with half of the storage code never run.
+    """
+    try:
+        server = LocalPostgres().start()
+    except PostgresUnavailable as exc:
+        pytest.fail(f"this test needs PostgreSQL: {exc}", pytrace=False)
+    yield server
+    server.stop()
+
+
+_databases = itertools.count(1)
+
+
+@pytest.fixture
+def pg_url(postgres: LocalPostgres) -> str:
+    """A fresh, empty database on the session's server."""
+    return postgres.create_database(f"test_{next(_databases)}")
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database of each kind the store supports: storage tests run on both."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'm.db'}"
+    return str(request.getfixturevalue("pg_url"))
 
 
 @pytest.fixture

@@ -263,3 +263,33 @@ def test_a_down_active_that_answers_again_is_not_left() -> None:
     decision = decide(group, NOW)
     assert decision.action is Action.STAY
     assert "answering again" in decision.reason
+
+
+def test_no_failback_to_an_endpoint_whose_recent_past_is_not_clean() -> None:
+    # The primary is up (a brownout lets it through often enough), but its failures over
+    # failback_after are above half the threshold: the group stays on the fallback.
+    endpoints = (
+        EndpointView("a", U, up_since=LONG_AGO, clean=False),
+        EndpointView("b", U, up_since=LONG_AGO),
+    )
+    group = GroupView(name="g", endpoints=endpoints, active="b")
+    assert decide(group, NOW).action is Action.STAY
+    clean_again = GroupView(
+        name="g", endpoints=(EndpointView("a", U, up_since=LONG_AGO), endpoints[1]), active="b"
+    )
+    assert decide(clean_again, NOW).action is Action.FAILBACK
+
+
+def test_a_rate_verdict_is_not_vetoed_by_a_lucky_answer() -> None:
+    # `answering` is health.recovering: for a rate verdict it stays False after one lucky
+    # success, so the failover goes ahead; for a broken streak it is True and we stay.
+    lucky = GroupView(
+        name="g",
+        endpoints=(EndpointView("a", D, answering=False), EndpointView("b", U)),
+        active="a",
+    )
+    assert decide(lucky, NOW).action is Action.FAILOVER
+    back = GroupView(
+        name="g", endpoints=(EndpointView("a", D, answering=True), EndpointView("b", U)), active="a"
+    )
+    assert decide(back, NOW).action is Action.STAY

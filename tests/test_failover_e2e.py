@@ -63,10 +63,11 @@ async def test_blips_never_switch(world: World) -> None:
     async with running(config):
         await settled(world)
         for _ in range(4):
-            # two failures in a row, fall is 3: never judged down
+            # two failures in a row, fall is 3: never judged down; and a fifth of the
+            # probes failing (at most) stays under the 30% failure-rate threshold
             world.sims["a"].script([Behaviour.HTTP_500, Behaviour.HTTP_500])
             seen = world.sims["a"].requests
-            await wait_for(lambda s=seen: world.sims["a"].requests >= s + 3, what="blip probed")  # type: ignore[misc]
+            await wait_for(lambda s=seen: world.sims["a"].requests >= s + 10, what="blip probed")  # type: ignore[misc]
     assert world.updates() == 0
     assert world.registered()["base_url"] == world.sims["a"].base_url
 

@@ -5,18 +5,26 @@ from __future__ import annotations
 import pytest
 
 from monitor.domain.health import (
+    Cause,
+    FailureRate,
     Health,
     HealthState,
     Thresholds,
+    clean,
     in_transition,
     judge,
     next_delay,
+    recovering,
     up_for,
+    wants_fast,
 )
 from monitor.domain.outcome import Outcome, Verdict
 
 P, F, I = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE  # noqa: E741
-LIMITS = Thresholds(rise=2, fall=3)
+# The streak rules alone: a rate that can never be reached, a clean look-back of 2 probes.
+LIMITS = Thresholds(rise=2, fall=3, rate=FailureRate(60.0, 2, 1.0), clean_window=0.0)
+# The defaults: 30% over 60 s with 10 probes at least, clean over failback_after (300 s).
+WINDOW = Thresholds(rise=2, fall=3, rate=FailureRate(60.0, 10, 0.30), clean_window=300.0)
 
 
 def run(verdicts: list[Verdict], start: HealthState | None = None) -> list[HealthState]:
@@ -47,7 +55,10 @@ def run(verdicts: list[Verdict], start: HealthState | None = None) -> list[Healt
         ([F, F, F, F, F, F], Health.DOWN, False),  # down and still failing: normal cadence
         ([P, P, F, I, F, I, F], Health.DOWN, False),  # inconclusive neither breaks nor counts
         ([F, F, F, P, I, P], Health.UP, False),
-        ([I, I, I, I], Health.UNKNOWN, False),
+        ([I, I], Health.UNKNOWN, True),  # counting toward "inconclusive too long"
+        ([I, I, I], Health.DOWN, False),  # nothing stays inconclusive forever
+        ([P, P, I, I, I], Health.DOWN, False),
+        ([P, P, I, I, P], Health.UP, False),  # an answer ends the inconclusive run
     ],
 )
 def test_rise_and_fall(verdicts: list[Verdict], health: Health, transition_fast: bool) -> None:
@@ -82,7 +93,7 @@ def test_up_for_counts_from_the_change() -> None:
 
 
 def test_rise_and_fall_of_one() -> None:
-    limits = Thresholds(rise=1, fall=1)
+    limits = Thresholds(rise=1, fall=1, rate=FailureRate(60.0, 2, 1.0), clean_window=0.0)
     state, transition = judge(HealthState(), F, 1.0, limits)
     assert state.health is Health.DOWN
     assert transition is not None
@@ -101,3 +112,121 @@ def test_rise_and_fall_of_one() -> None:
 )
 def test_outcome_verdicts(outcome: Outcome, verdict: Verdict) -> None:
     assert outcome.verdict is verdict
+
+
+def play(
+    verdicts: list[Verdict],
+    limits: Thresholds = WINDOW,
+    start: HealthState | None = None,
+    t0: float = 1.0,
+    latency_ms: float | None = 10.0,
+) -> HealthState:
+    """One probe a second."""
+    state = start or HealthState()
+    for i, verdict in enumerate(verdicts):
+        state, _ = judge(state, verdict, t0 + i, limits, latency_ms)
+    return state
+
+
+HEALTHY = [P] * 12
+
+
+@pytest.mark.parametrize(
+    ("name", "verdicts", "health", "cause"),
+    [
+        # A 50% brownout never fails 3 in a row here, yet it is down on its rate.
+        ("half fail, alternating", HEALTHY + [F, P] * 10, Health.DOWN, Cause.RATE),
+        # 5% independent blips: one failure in twenty stays up.
+        ("one in twenty", HEALTHY + ([P] * 19 + [F]) * 5, Health.UP, None),
+        # Two failures in ten is 20%: under the threshold, up.
+        ("one in five", HEALTHY + ([P] * 4 + [F]) * 6, Health.UP, None),
+        # Too few probes to judge a rate: two failures in four is not "down" by rate.
+        ("young endpoint", [P, F, P, F], Health.UNKNOWN, None),
+        # A streak still works on its own.
+        ("hard down", [*HEALTHY, F, F, F], Health.DOWN, Cause.STREAK),
+    ],
+)
+def test_failure_rate_window(
+    name: str, verdicts: list[Verdict], health: Health, cause: Cause | None
+) -> None:
+    state = play(verdicts)
+    assert state.health is health, name
+    assert state.cause is cause, name
+
+
+def test_a_brownout_does_not_rise_between_failures() -> None:
+    state = play(HEALTHY + [F, P] * 10)
+    assert state.health is Health.DOWN
+    # Two (and more) successes in a row inside the brownout: the rise streak is reached,
+    # the record is not clean, so it stays down (no failback into a brownout).
+    state = play([P, P, P, F, P, P, F, P, P, P], start=state, t0=100.0)
+    assert state.successes >= 2
+    assert state.health is Health.DOWN
+    assert not clean(state, 110.0, WINDOW)
+
+
+def test_recovery_needs_a_clean_window_then_rises() -> None:
+    state = play(HEALTHY + [F, P] * 10)  # 10 failures in the look-back
+    t = 100.0
+    rose_after = None
+    for i in range(200):
+        state, transition = judge(state, P, t + i, WINDOW, 10.0)
+        if transition is not None:
+            rose_after = i + 1
+            break
+    assert state.health is Health.UP
+    # 32 probes with 10 failures: 10 failures are at most 15% of the look-back once it
+    # holds 67 probes, so the 35th success in a row is the one that rises.
+    assert rose_after == 35
+
+
+def test_the_clean_window_ages_out_old_failures() -> None:
+    limits = Thresholds(rise=2, fall=3, rate=FailureRate(60.0, 10, 0.30), clean_window=30.0)
+    state = play(HEALTHY + [F, P] * 10, limits)
+    # Successes every 10 s: after the failures are older than 30 s (and 10 probes are
+    # in the look-back) the record is clean.
+    for i in range(12):
+        state, _ = judge(state, P, 100.0 + 10.0 * i, limits, 10.0)
+    assert state.health is Health.UP
+
+
+def test_recovering_for_a_rate_verdict_needs_the_rate_back_under() -> None:
+    down = play(HEALTHY + [F, P] * 10)
+    assert down.cause is Cause.RATE
+    lucky, _ = judge(down, P, 40.0, WINDOW, 10.0)
+    # One lucky success does not cancel a 50% failure rate.
+    assert lucky.successes >= 1
+    assert not recovering(lucky, 40.0, WINDOW)
+    streak = play([*HEALTHY, F, F, F])
+    assert streak.cause is Cause.STREAK
+    answered, _ = judge(streak, P, 20.0, WINDOW, 10.0)
+    assert recovering(answered, 20.0, WINDOW)
+    assert not recovering(streak, 20.0, WINDOW)
+
+
+def test_latency_counts_only_when_the_group_says_so() -> None:
+    slow = Thresholds(
+        rise=2, fall=3, rate=FailureRate(60.0, 10, 0.30), latency_threshold=0.1,
+        latency_counts=True,
+    )  # fmt: skip
+    judged = play([P] * 12, slow, latency_ms=250.0)
+    assert judged.health is Health.DOWN
+    assert judged.cause is Cause.SLOW
+    # One slow probe among fast ones: the p95 of 20 probes is not the slow one.
+    mixed = play([P] * 19, slow, latency_ms=20.0)
+    mixed, _ = judge(mixed, P, 30.0, slow, 250.0)
+    assert mixed.health is Health.UP
+    # Without latency in failover_on, a slow endpoint is up.
+    ignored = Thresholds(rise=2, fall=3, latency_threshold=0.1, latency_counts=False)
+    assert play([P] * 12, ignored, latency_ms=250.0).health is Health.UP
+
+
+def test_fast_cadence_while_a_failure_is_in_the_window() -> None:
+    state = play([*HEALTHY, F, P, P])  # a failure at t=13, then two successes
+    assert not in_transition(state)
+    assert wants_fast(state, 20.0, WINDOW)
+    assert not wants_fast(state, 13.0 + 61.0, WINDOW)
+    assert not wants_fast(play(HEALTHY), 20.0, WINDOW)
+    # Down and still failing: the normal cadence (a dead fallback is not hammered).
+    down = play(HEALTHY + [F] * 5)
+    assert not wants_fast(down, 20.0, WINDOW)

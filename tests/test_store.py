@@ -1,14 +1,20 @@
-"""The store on a real SQLite file: results, health, windows, rollups, retention."""
+"""The store on a real SQLite file and a real PostgreSQL database: results, health,
+windows, rollups, retention, migrations."""
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from monitor.domain.health import Health, HealthState
 from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.store import Store
+from monitor.store.switching import SwitchLog, SwitchRecord
 
 HOUR = 3600.0
 NOW = 1_800_000_000.0  # a fixed "now" on an hour boundary plus change
@@ -16,10 +22,11 @@ KEY = ("g", "a")
 
 
 @pytest.fixture
-def store(tmp_path: Path) -> Store:
-    s = Store(f"sqlite:///{tmp_path / 'm.db'}")
+def store(db_url: str) -> Iterator[Store]:
+    s = Store(db_url)
     s.migrate()
-    return s
+    yield s
+    s.close()
 
 
 def result(at: float, ok: bool = True, latency: float | None = 100.0) -> ProbeResult:
@@ -38,17 +45,18 @@ def test_migrate_twice_is_a_no_op(store: Store) -> None:
     assert store.schema_current()
 
 
-def test_health_survives_a_reopen(store: Store, tmp_path: Path) -> None:
+def test_health_survives_a_reopen(store: Store, db_url: str) -> None:
     ids = store.sync_endpoints([("g", "a", "http://x/v1")])
     down = HealthState(Health.DOWN, 0, 5, since=NOW - 10, last_probe_at=NOW)
     store.save([(ids[KEY], result(NOW, ok=False))], {ids[KEY]: down})
     store.close()
-    reopened = Store(f"sqlite:///{tmp_path / 'm.db'}")
+    reopened = Store(db_url)
     assert reopened.health()[KEY] == down
     # Same endpoint, same id; a changed URL starts its health afresh.
     assert reopened.sync_endpoints([("g", "a", "http://x/v1")]) == ids
     reopened.sync_endpoints([("g", "a", "http://y/v1")])
     assert reopened.health()[KEY].health is Health.UNKNOWN
+    reopened.close()
 
 
 def test_window_uptime_and_percentiles(store: Store) -> None:
@@ -105,3 +113,130 @@ def test_unreachable_database_is_a_store_error(tmp_path: Path) -> None:
     store = Store(f"sqlite:///{tmp_path / 'missing-dir' / 'm.db'}")
     with pytest.raises(StoreError, match="unable to open database file"):
         store.migrate()
+
+
+def test_probe_detail_with_nul_bytes_is_stored(store: Store) -> None:
+    # An endpoint's error body can hold anything; PostgreSQL text cannot hold NUL.
+    ids = store.sync_endpoints([("g", "a", "http://x/v1")])
+    bad = ProbeResult(
+        at=NOW,
+        group="g",
+        endpoint="a",
+        outcome=Outcome.HTTP_5XX,
+        latency_ms=None,
+        http_status=502,
+        detail="HTTP 502: bad\x00gateway",
+    )
+    store.save([(ids[KEY], bad)], {})
+    last = store.last_probe(ids[KEY])
+    assert last is not None
+    assert last.detail == "HTTP 502: badgateway"
+
+
+def test_instances_starting_together_migrate_once(pg_url: str) -> None:
+    # Four daemons started at the same moment on one empty PostgreSQL database: without
+    # the advisory lock the losers die on "relation already exists".
+    stores = [Store(pg_url) for _ in range(4)]
+    start = threading.Barrier(len(stores))
+    errors: list[BaseException] = []
+
+    def migrate(store: Store) -> None:
+        start.wait()
+        try:
+            store.migrate()
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=migrate, args=(s,)) for s in stores]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    assert errors == []
+    assert all(s.schema_current() for s in stores)
+    with stores[0].engine.connect() as connection:
+        versions = connection.execute(text("SELECT version_num FROM alembic_version")).all()
+    assert len(versions) == 1
+    for s in stores:
+        s.close()
+
+
+def test_rollups_from_two_instances_at_once_agree(pg_url: str) -> None:
+    first, second = Store(pg_url), Store(pg_url)
+    first.migrate()
+    ids = first.sync_endpoints([("g", "a", "http://x/v1")])
+    rows = [(ids[KEY], result(NOW - 5 * HOUR + 60 * i)) for i in range(4 * 60)]
+    first.save(rows, {})
+    with ThreadPoolExecutor(2) as pool:
+        folded = list(pool.map(lambda s: s.rollup(NOW), [first, second]))
+    # One folded the hours, the other found them done (it waited for the lock).
+    assert sorted(folded) == [0, 5]
+    assert first.window(ids[KEY], 7 * 86400, NOW).probes == 4 * 60
+    first.close()
+    second.close()
+
+
+def test_unreachable_postgres_is_one_line_without_the_password() -> None:
+    from monitor.sim.postgres import free_port
+    from monitor.store import StoreError
+
+    store = Store(f"postgresql+psycopg://monitor:hunter2-secret@127.0.0.1:{free_port()}/db")
+    with pytest.raises(StoreError) as info:
+        store.migrate()
+    message = str(info.value)
+    assert "\n" not in message
+    assert "hunter2-secret" not in message
+    assert "Connection refused" in message
+    assert message.startswith("database postgresql+psycopg://monitor:***@127.0.0.1:")
+
+
+def begin(log: SwitchLog) -> SwitchRecord | None:
+    return log.begin_switch(
+        group="g",
+        kind="failover",
+        automatic=True,
+        expected_active="a",
+        to_endpoint="b",
+        to_base_url="http://y/v1",
+        reason="a is down",
+        detected_at=NOW - 5,
+        at=NOW,
+    )
+
+
+def test_switch_intent_is_compare_and_set(store: Store) -> None:
+    log = SwitchLog(store)
+    log.observe_registration(
+        "g", registered_base_url="http://x/v1", model_name="m", monitored=True,
+        active_endpoint="a", at=NOW,
+    )  # fmt: skip
+    first = begin(log)
+    assert first is not None
+    assert begin(log) is None  # one switch in flight at a time
+    log.confirm_switch(first.id, transaction_id="t1", at=NOW + 1, message="a -> b")
+    assert begin(log) is None  # the group is on b now, not a
+    group = log.group("g")
+    assert group is not None
+    assert group.active_endpoint == "b"
+    assert [e.kind for e in log.history("g", 0)] == ["failover"]
+
+
+def test_instances_racing_for_one_switch_write_one_intent(pg_url: str) -> None:
+    stores = [Store(pg_url) for _ in range(6)]
+    stores[0].migrate()
+    SwitchLog(stores[0]).observe_registration(
+        "g", registered_base_url="http://x/v1", model_name="m", monitored=True,
+        active_endpoint="a", at=NOW,
+    )  # fmt: skip
+    start = threading.Barrier(len(stores))
+
+    def race(store: Store) -> SwitchRecord | None:
+        start.wait()
+        return begin(SwitchLog(store))
+
+    with ThreadPoolExecutor(len(stores)) as pool:
+        won = [r for r in pool.map(race, stores) if r is not None]
+    assert len(won) == 1
+    assert len(SwitchLog(stores[0]).open_intents("g")) == 1
+    for s in stores:
+        s.close()

@@ -42,7 +42,12 @@ class EndpointView:
     name: str
     health: Health
     up_since: float | None = None  # when it last became up (None unless up)
-    answering: bool = False  # its latest probe passed (a down endpoint on its way back)
+    # Down, but its latest probes undo the reason it went down (health.recovering): a
+    # streak broken by a success, or a failure rate back under the threshold.
+    answering: bool = False
+    # Its recent past is clean enough to return to (health.clean): a brownout that lets
+    # a few probes through is not a place to fail back to.
+    clean: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -167,7 +172,7 @@ def decide(view: GroupView, now: float) -> Decision:
     if not better:
         return Decision(Action.STAY, f"on the primary {active.name}")
     hold = failback_hold(view, now)
-    ready = [by_name[n] for n in better if _up_for(by_name[n], now) >= hold]
+    ready = [by_name[n] for n in better if _up_for(by_name[n], now) >= hold and by_name[n].clean]
     if not ready:
         return Decision(Action.STAY, f"on {active.name}; no better endpoint up for {hold:g}s")
     best = ready[0]

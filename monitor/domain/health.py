@@ -1,22 +1,72 @@
-"""HAProxy-style rise/fall health state machine for one endpoint.
+"""Health state machine for one endpoint: a streak rule and a window rule. Pure.
 
-`fall` consecutive failures mark an endpoint down, `rise` consecutive successes mark it
-up. While the counters are running toward a change the endpoint is "in transition" and
-is re-probed at the fast cadence, so detection is quick without probing fast all the time.
+HAProxy's rule: `fall` consecutive failures mark an endpoint down, `rise` consecutive
+successes mark it up, and while a streak runs it is re-probed at the fast cadence.
+
+A streak misses partial outages: an endpoint failing half of all requests rarely fails
+`fall` times in a row, and reaches `rise` between failures, so the group flaps (Envoy's
+and LiteLLM's lesson). So the machine also keeps a window of recent probes:
+- down when the failure rate over `failure_rate.window` reaches `threshold` (with at
+  least `min_probes` probes in the window), or, when latency counts, when the window's
+  p95 latency is over `latency_threshold`;
+- up (rise) only when the recent past is clean: no more than half the threshold of
+  failures over `clean_window` (the group's failback_after), looking back over at least
+  `min_probes` probes;
+- nothing stays inconclusive forever: `fall` inconclusive probes in a row (a 400 about
+  the probe that adapting did not cure) mark it down.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from enum import StrEnum
 
+from monitor.domain.latency import percentile
 from monitor.domain.outcome import Verdict
+
+# Samples kept per endpoint, whatever the windows: at a 0.1 s cadence a 5-minute window
+# would be 3,000 samples, and each probe copies the tuple.
+MAX_SAMPLES = 2048
 
 
 class Health(StrEnum):
     UNKNOWN = "unknown"
     UP = "up"
     DOWN = "down"
+
+
+class Cause(StrEnum):
+    """Why an endpoint is down: it decides what counts as recovering."""
+
+    STREAK = "streak"  # `fall` failures in a row
+    RATE = "rate"  # failure rate over the window
+    SLOW = "slow"  # p95 latency over the window
+    INCONCLUSIVE = "inconclusive"  # `fall` probes in a row that proved nothing
+
+
+@dataclass(frozen=True, slots=True)
+class Sample:
+    at: float
+    failed: bool
+    latency_ms: float | None  # passing probes only
+
+
+@dataclass(frozen=True, slots=True)
+class FailureRate:
+    window: float = 60.0
+    min_probes: int = 10
+    threshold: float = 0.30
+
+
+@dataclass(frozen=True, slots=True)
+class Thresholds:
+    rise: int
+    fall: int
+    rate: FailureRate = FailureRate()
+    clean_window: float = 300.0  # the group's failback_after
+    latency_threshold: float | None = None  # seconds, on the window's p95
+    latency_counts: bool = False  # failover_on includes latency
 
 
 @dataclass(frozen=True, slots=True)
@@ -26,6 +76,9 @@ class HealthState:
     failures: int = 0  # consecutive
     since: float | None = None  # when `health` last changed (None: never judged)
     last_probe_at: float | None = None
+    inconclusive: int = 0  # consecutive
+    cause: Cause | None = None  # why it is down (None unless down)
+    samples: tuple[Sample, ...] = ()  # recent pass/fail probes, oldest first
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,37 +89,155 @@ class Transition:
 
 
 @dataclass(frozen=True, slots=True)
-class Thresholds:
-    rise: int
-    fall: int
+class Window:
+    """The failure-rate window at a moment."""
+
+    probes: int
+    failures: int
+    p95_ms: float | None
+
+    @property
+    def rate(self) -> float:
+        return self.failures / self.probes if self.probes else 0.0
 
 
 def judge(
-    state: HealthState, verdict: Verdict, now: float, limits: Thresholds
+    state: HealthState,
+    verdict: Verdict,
+    now: float,
+    limits: Thresholds,
+    latency_ms: float | None = None,
 ) -> tuple[HealthState, Transition | None]:
     """Fold one probe verdict into the state; return the new state and any transition."""
     if verdict is Verdict.INCONCLUSIVE:
         # Neither streak moves: a probe that proved nothing must not break a run of
-        # failures (hiding an outage) nor a run of successes (delaying recovery).
-        return replace(state, last_probe_at=now), None
-    if verdict is Verdict.PASS:
-        successes, failures = state.successes + 1, 0
-    else:
-        successes, failures = 0, state.failures + 1
-    health = state.health
-    if verdict is Verdict.PASS and health is not Health.UP and successes >= limits.rise:
-        health = Health.UP
-    elif verdict is Verdict.FAIL and health is not Health.DOWN and failures >= limits.fall:
-        health = Health.DOWN
-    changed = health is not state.health
-    new = HealthState(
-        health=health,
-        successes=successes,
-        failures=failures,
-        since=now if changed else state.since,
+        # failures (hiding an outage) nor a run of successes (delaying recovery). But a
+        # run of them is an endpoint nobody can show to work: down, after `fall`.
+        inconclusive = state.inconclusive + 1
+        new = replace(state, last_probe_at=now, inconclusive=inconclusive)
+        if inconclusive >= limits.fall and state.health is not Health.DOWN:
+            # The successes before the run are no evidence it works now.
+            return _moved(replace(new, successes=0), Health.DOWN, Cause.INCONCLUSIVE, now)
+        return new, None
+    failed = verdict is Verdict.FAIL
+    sample = Sample(now, failed, None if failed else latency_ms)
+    state = replace(
+        state,
+        successes=0 if failed else state.successes + 1,
+        failures=state.failures + 1 if failed else 0,
+        inconclusive=0,
         last_probe_at=now,
+        samples=_keep((*state.samples, sample), now, limits),
     )
-    return new, Transition(state.health, health, now) if changed else None
+    if state.health is not Health.DOWN:
+        cause = _down_cause(state, now, limits)
+        if cause is not None:
+            return _moved(state, Health.DOWN, cause, now)
+    if (
+        not failed
+        and state.health is not Health.UP
+        and state.successes >= limits.rise
+        and _down_cause(state, now, limits) is None
+        and clean(state, now, limits)
+    ):
+        return _moved(state, Health.UP, None, now)
+    return state, None
+
+
+def _moved(
+    state: HealthState, health: Health, cause: Cause | None, now: float
+) -> tuple[HealthState, Transition]:
+    return (
+        replace(state, health=health, since=now, cause=cause),
+        Transition(state.health, health, now),
+    )
+
+
+def _keep(samples: tuple[Sample, ...], now: float, limits: Thresholds) -> tuple[Sample, ...]:
+    horizon = now - max(limits.rate.window, limits.clean_window)
+    kept = tuple(s for s in samples if s.at >= horizon)
+    if len(kept) < limits.rate.min_probes:
+        # The clean rule looks back over at least min_probes probes, however old.
+        kept = samples[-limits.rate.min_probes :]
+    return kept[-MAX_SAMPLES:]
+
+
+def _down_cause(state: HealthState, now: float, limits: Thresholds) -> Cause | None:
+    if state.failures >= limits.fall:
+        return Cause.STREAK
+    if rate_failing(state, now, limits):
+        return Cause.RATE
+    if too_slow(state, now, limits):
+        return Cause.SLOW
+    return None
+
+
+def window(state: HealthState, now: float, span: float) -> Window:
+    recent = [s for s in state.samples if s.at > now - span]
+    latencies = sorted(s.latency_ms for s in recent if s.latency_ms is not None)
+    return Window(
+        probes=len(recent),
+        failures=sum(1 for s in recent if s.failed),
+        p95_ms=percentile(latencies, 95.0) if latencies else None,
+    )
+
+
+def rate_failing(state: HealthState, now: float, limits: Thresholds) -> bool:
+    """The failure rate over the window has reached the threshold (enough probes seen)."""
+    seen = window(state, now, limits.rate.window)
+    # At least `fall` failures too: with a small min_probes, a couple of blips in a
+    # short window must not outvote the streak rule.
+    return (
+        seen.probes >= limits.rate.min_probes
+        and seen.failures >= limits.fall
+        and seen.rate >= limits.rate.threshold
+    )
+
+
+def too_slow(state: HealthState, now: float, limits: Thresholds) -> bool:
+    """Latency counts for this group and the window's p95 is over the threshold."""
+    if not limits.latency_counts or limits.latency_threshold is None:
+        return False
+    seen = window(state, now, limits.rate.window)
+    passing = seen.probes - seen.failures
+    return (
+        passing >= limits.rate.min_probes
+        and seen.p95_ms is not None
+        and seen.p95_ms > limits.latency_threshold * 1000.0
+    )
+
+
+def clean(state: HealthState, now: float, limits: Thresholds) -> bool:
+    """Clean enough to rise into or fail back to: at most half the threshold of failures
+    over the clean window, looking back over at least min_probes probes.
+
+    With fewer than min_probes probes ever seen, only a spotless record is clean (a new
+    endpoint rises on its first `rise` successes, as before).
+    """
+    horizon = now - limits.clean_window
+    recent = [s for s in state.samples if s.at >= horizon]
+    if len(recent) < limits.rate.min_probes:
+        recent = list(state.samples[-limits.rate.min_probes :])
+    failures = sum(1 for s in recent if s.failed)
+    if len(recent) < limits.rate.min_probes:
+        return failures == 0
+    return failures <= math.floor(len(recent) * limits.rate.threshold / 2.0)
+
+
+def recovering(state: HealthState, now: float, limits: Thresholds) -> bool:
+    """A down endpoint whose latest probes undo the reason it went down.
+
+    The engine re-probes the active endpoint right before a failover and stays if this is
+    true. For a streak, one success is enough; for a rate or latency verdict, one lucky
+    answer is not: the window itself must have come back under the threshold.
+    """
+    if state.health is not Health.DOWN or state.successes == 0:
+        return False
+    if state.cause is Cause.RATE:
+        return not rate_failing(state, now, limits)
+    if state.cause is Cause.SLOW:
+        return not too_slow(state, now, limits)
+    return True
 
 
 def in_transition(state: HealthState) -> bool:
@@ -76,10 +247,21 @@ def in_transition(state: HealthState) -> bool:
     is re-probed fast until the machine decides.
     """
     if state.health is Health.UP:
-        return state.failures > 0
+        return state.failures > 0 or state.inconclusive > 0
     if state.health is Health.DOWN:
         return state.successes > 0
-    return state.failures > 0 or state.successes > 0
+    return state.failures > 0 or state.successes > 0 or state.inconclusive > 0
+
+
+def wants_fast(state: HealthState, now: float, limits: Thresholds) -> bool:
+    """Probe at the fast cadence: a streak is running, or (on an endpoint not yet down)
+    a failure is still in the window, so the window fills quickly and a brownout is
+    judged in seconds. A down endpoint that keeps failing waits its normal interval."""
+    if in_transition(state):
+        return True
+    if state.health is Health.DOWN:
+        return False
+    return window(state, now, limits.rate.window).failures > 0
 
 
 def next_delay(state: HealthState, interval: float, fast_interval: float) -> float:

@@ -21,6 +21,11 @@ class Outcome(StrEnum):
     # because Convai would not follow it either) and a 4xx that fits none of the above.
     REDIRECT = "redirect"
     HTTP_4XX = "http_4xx"
+    # A 429/402/403 about quota, billing or credits: waiting will not bring it back, so
+    # it fails at once and pages as a key/billing problem rather than an outage.
+    QUOTA_EXHAUSTED = "quota_exhausted"
+    # 503/529 "overloaded" / "no capacity": the server is up but turning work away.
+    OVERLOADED = "overloaded"
 
     @property
     def verdict(self) -> Verdict:

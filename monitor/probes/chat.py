@@ -3,126 +3,111 @@
 from __future__ import annotations
 
 import asyncio
-import json
+import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import httpx
 
 from monitor.config import Target
 from monitor.domain.outcome import Outcome, ProbeResult
+from monitor.probes.classify import (
+    DETAIL_MAX,
+    Classified,
+    Reply,
+    StreamReader,
+    classify,
+    sse_events,
+)
 from monitor.redact import redact
 
-_DETAIL_MAX = 300
-# Markers of a 400/404 that blames the key or the model rather than the request.
-_KEY_WORDS = ("api key", "api_key", "apikey", "invalid_api_key", "authentication", "unauthorized")
-_MODEL_WORDS = ("model",)
+# Adapting a rejected probe: at most this many changed requests within one probe.
+MAX_ADAPTATIONS = 3
+# A reasoning model spends its budget thinking before it answers; this is the budget a
+# probe grows to when an endpoint says the one it sent is too small.
+REASONING_BUDGET = 1024
+_TOO_SMALL = re.compile(
+    r"too small|too low|at least|larger|greater than|minimum|reasoning|output limit|"
+    r"could not finish|max_tokens or model output limit"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ProbeShape:
+    """How one endpoint wants its probe asked: learnt from its 400s, kept per endpoint."""
+
+    budget_field: str = "max_tokens"  # or "max_completion_tokens" (OpenAI reasoning models)
+    temperature: bool = True  # send temperature 0; some models accept only their default
+    max_tokens: int | None = None  # None: the policy's max_tokens
+
+    @property
+    def adapted(self) -> bool:
+        return self != ProbeShape()
+
+    def as_dict(self, policy_tokens: int) -> dict[str, Any]:
+        return {
+            "budget_field": self.budget_field,
+            "temperature": self.temperature,
+            "max_tokens": self.max_tokens or policy_tokens,
+        }
+
+
+def adapt(
+    shape: ProbeShape, rejected: tuple[str, ...], text: str, budget: int
+) -> ProbeShape | None:
+    """The next request shape to try after a 400 naming `rejected`, or None: nothing left.
+
+    What the message names is tried first; then, because some servers name nothing
+    useful, the untried changes in order: max_completion_tokens, no temperature, a
+    reasoning-sized budget.
+    """
+    lowered = text.lower()
+    tokens = {"max_tokens", "max_completion_tokens", "max_new_tokens"} & set(rejected)
+    current = shape.max_tokens or budget
+    bigger = replace(shape, max_tokens=REASONING_BUDGET) if current < REASONING_BUDGET else None
+    swap = (
+        replace(shape, budget_field="max_completion_tokens")
+        if shape.budget_field == "max_tokens"
+        else None
+    )
+    cool = replace(shape, temperature=False) if shape.temperature else None
+    named: list[ProbeShape | None] = []
+    if "max_tokens" in rejected and (
+        "max_completion_tokens" in lowered or "not supported" in lowered or "unsupported" in lowered
+    ):
+        named.append(swap)
+    if "temperature" in rejected:
+        named.append(cool)
+    if tokens and _TOO_SMALL.search(lowered):
+        named.append(bigger)
+    for choice in (*named, swap, cool, bigger):
+        if choice is not None and choice != shape:
+            return choice
+    return None
 
 
 @dataclass(frozen=True, slots=True)
 class _Reply:
-    status: int
-    body: bytes
-    content_type: str
-    location: str | None
-    truncated: bool
-    elapsed_ms: float  # from sending the request to the last byte read
+    reply: Reply
+    elapsed_ms: float  # from sending the request to the deciding byte read
+    streamed: Classified | None = None  # the verdict the stream reader reached
 
 
 class _BodyTooLarge(Exception):
     pass
 
 
-def _payload(target: Target) -> dict[str, Any]:
-    return {
+def _payload(target: Target, shape: ProbeShape) -> dict[str, Any]:
+    payload: dict[str, Any] = {
         "model": target.model,
         "messages": [{"role": "user", "content": target.policy.prompt}],
-        "max_tokens": target.policy.max_tokens,
-        "temperature": 0,
+        shape.budget_field: shape.max_tokens or target.policy.max_tokens,
         "stream": target.policy.stream,
     }
-
-
-def _error_text(body: bytes) -> str:
-    """The error message an OpenAI-style body carries, else the start of the body."""
-    text = body[:4096].decode("utf-8", "replace")
-    try:
-        data = json.loads(text)
-    except ValueError:
-        return " ".join(text.split())[:_DETAIL_MAX]
-    if isinstance(data, dict):
-        error = data.get("error", data)
-        if isinstance(error, dict):
-            parts = [str(error.get(k)) for k in ("message", "code", "param") if error.get(k)]
-            if parts:
-                return " | ".join(parts)[:_DETAIL_MAX]
-        elif isinstance(error, str):
-            return error[:_DETAIL_MAX]
-    return " ".join(text.split())[:_DETAIL_MAX]
-
-
-def classify(reply: _Reply) -> tuple[Outcome, str | None, dict[str, Any] | None]:
-    """Map an HTTP reply to an outcome kind, a short detail, and the parsed completion."""
-    status = reply.status
-    if 300 <= status < 400:
-        # Convai would not follow a redirect to a place nobody registered either.
-        return Outcome.REDIRECT, f"HTTP {status} to {reply.location or '?'} (not followed)", None
-    if status == 429:
-        return Outcome.RATE_LIMITED, _error_text(reply.body), None
-    if status >= 500:
-        return Outcome.HTTP_5XX, f"HTTP {status}: {_error_text(reply.body)}", None
-    if status in (401, 403):
-        return Outcome.AUTH_ERROR, f"HTTP {status}: {_error_text(reply.body)}", None
-    if status == 400:
-        text = _error_text(reply.body)
-        lowered = text.lower()
-        if any(word in lowered for word in _KEY_WORDS):
-            return Outcome.AUTH_ERROR, f"HTTP 400: {text}", None
-        return Outcome.PROBE_REJECTED, f"HTTP 400: {text}", None
-    if status == 404:
-        text = _error_text(reply.body)
-        if any(word in text.lower() for word in _MODEL_WORDS):
-            return Outcome.MODEL_NOT_FOUND, text, None
-        return Outcome.HTTP_4XX, f"HTTP 404 (check base_url): {text}", None
-    if status != 200:
-        return Outcome.HTTP_4XX, f"HTTP {status}: {_error_text(reply.body)}", None
-    if reply.truncated:
-        return Outcome.BAD_RESPONSE, "response body over the size cap", None
-    if "html" in reply.content_type.lower():
-        return Outcome.BAD_RESPONSE, "HTML instead of JSON (a proxy or login page?)", None
-    if "event-stream" in reply.content_type.lower():
-        return _classify_stream(reply.body)
-    try:
-        data = json.loads(reply.body)
-    except ValueError:
-        return Outcome.BAD_RESPONSE, "not JSON", None
-    if not isinstance(data, dict):
-        return Outcome.BAD_RESPONSE, "JSON is not an object", None
-    choices = data.get("choices")
-    if not isinstance(choices, list) or not choices:
-        return Outcome.BAD_RESPONSE, "no choices in the completion", None
-    first = choices[0]
-    if not isinstance(first, dict) or not isinstance(first.get("message"), dict):
-        return Outcome.BAD_RESPONSE, "choice without a message", None
-    return Outcome.OK, None, data
-
-
-def _classify_stream(body: bytes) -> tuple[Outcome, str | None, dict[str, Any] | None]:
-    """A streamed completion passes on its first `data:` chunk that carries a choice."""
-    for line in body.decode("utf-8", "replace").splitlines():
-        if not line.startswith("data:"):
-            continue
-        payload = line[5:].strip()
-        if payload == "[DONE]":
-            break
-        try:
-            chunk = json.loads(payload)
-        except ValueError:
-            return Outcome.BAD_RESPONSE, "a stream chunk that is not JSON", None
-        if isinstance(chunk, dict) and isinstance(chunk.get("choices"), list) and chunk["choices"]:
-            return Outcome.OK, None, chunk
-    return Outcome.BAD_RESPONSE, "the stream carried no choice", None
+    if shape.temperature:
+        payload["temperature"] = 0
+    return payload
 
 
 def _usage(data: dict[str, Any] | None) -> tuple[int | None, int | None]:
@@ -144,6 +129,9 @@ class ChatProber:
         # The pool is sized to the semaphore, so a probe never waits inside httpx's pool
         # (a pool wait would be counted as endpoint latency and end in PoolTimeout).
         self._slots = asyncio.Semaphore(max_in_flight)
+        # The request shape that worked, per endpoint, once one had to be adapted.
+        self.shapes: dict[tuple[str, str], ProbeShape] = {}
+        self._rejected: dict[tuple[str, str], tuple[str, ...]] = {}
         self._client = httpx.AsyncClient(
             follow_redirects=False,
             limits=httpx.Limits(
@@ -158,66 +146,77 @@ class ChatProber:
     async def aclose(self) -> None:
         await self._client.aclose()
 
+    def shape(self, target: Target) -> ProbeShape:
+        return self.shapes.get((target.group, target.endpoint), ProbeShape())
+
     async def probe(self, target: Target) -> ProbeResult:
         async with self._slots:
-            return await self._probe(target)
+            result = await self._probe(target, self.shape(target))
+            # A 400 about the probe's own parameters: change the request and ask again at
+            # once (a reasoning model wants max_completion_tokens, its default temperature
+            # and room to think), and remember what worked for this endpoint.
+            shape = self.shape(target)
+            for _ in range(MAX_ADAPTATIONS):
+                if result.outcome is not Outcome.PROBE_REJECTED:
+                    break
+                rejected = self._rejected.pop((target.group, target.endpoint), ())
+                shape_next = adapt(shape, rejected, result.detail or "", target.policy.max_tokens)
+                if shape_next is None:
+                    break
+                shape = shape_next
+                result = await self._probe(target, shape)
+                if result.outcome is not Outcome.PROBE_REJECTED:
+                    self.shapes[(target.group, target.endpoint)] = shape
+            self._rejected.pop((target.group, target.endpoint), None)
+            return result
 
-    async def _probe(self, target: Target) -> ProbeResult:
+    async def _probe(self, target: Target, shape: ProbeShape) -> ProbeResult:
         policy = target.policy
         at = time.time()
         reply: _Reply | None = None
-        outcome: Outcome
-        detail: str | None
-        data: dict[str, Any] | None = None
+        judged: Classified
         try:
             # One deadline for connect + send + the whole body: httpx's own timeouts are
             # per phase, and an endpoint that trickles bytes would never hit them.
             async with asyncio.timeout(policy.timeout):
-                reply = await self._send(target)
+                reply = await self._send(target, shape)
             latency_ms: float | None = reply.elapsed_ms
-            outcome, detail, data = classify(reply)
+            judged = reply.streamed or classify(reply.reply)
         except TimeoutError:
             latency_ms = None
-            outcome, detail = Outcome.TIMEOUT, f"no complete answer within {policy.timeout:g}s"
+            judged = Classified(Outcome.TIMEOUT, f"no complete answer within {policy.timeout:g}s")
         except httpx.ConnectError as exc:
             latency_ms = None
-            outcome, detail = Outcome.CONNECT_ERROR, _exc_text(exc)
+            judged = Classified(Outcome.CONNECT_ERROR, _exc_text(exc))
         except (httpx.TimeoutException, httpx.PoolTimeout) as exc:
             latency_ms = None
-            outcome, detail = Outcome.TIMEOUT, _exc_text(exc)
+            judged = Classified(Outcome.TIMEOUT, _exc_text(exc))
         except httpx.HTTPError as exc:
             # The connection dropped mid-answer, a protocol error, ...: the endpoint did
             # not serve a completion, which is what a character would see too.
             latency_ms = None
-            outcome, detail = Outcome.CONNECT_ERROR, _exc_text(exc)
-        if (
-            outcome is Outcome.OK
-            and policy.latency_threshold is not None
-            and latency_ms is not None
-            and latency_ms > policy.latency_threshold * 1000.0
-        ):
-            outcome = Outcome.TOO_SLOW
-            detail = (
-                f"{latency_ms:.0f}ms over the {policy.latency_threshold * 1000:.0f}ms threshold"
-            )
-        prompt_tokens, completion_tokens = _usage(data)
+            judged = Classified(Outcome.CONNECT_ERROR, _exc_text(exc))
+        if judged.rejected:
+            self._rejected[(target.group, target.endpoint)] = judged.rejected
+        prompt_tokens, completion_tokens = _usage(judged.data)
+        detail = judged.detail
         return ProbeResult(
             at=at,
             group=target.group,
             endpoint=target.endpoint,
-            outcome=outcome,
+            outcome=judged.outcome,
             latency_ms=latency_ms,
-            http_status=reply.status if reply else None,
+            http_status=reply.reply.status if reply else None,
             detail=redact(detail) if detail else None,
             prompt_tokens=prompt_tokens,
             completion_tokens=completion_tokens,
         )
 
-    async def _send(self, target: Target) -> _Reply:
+    async def _send(self, target: Target, shape: ProbeShape) -> _Reply:
         request = self._client.build_request(
             "POST",
             f"{target.base_url}/chat/completions",
-            json=_payload(target),
+            json=_payload(target, shape),
             headers={"Authorization": f"Bearer {target.api_key}"},
             timeout=httpx.Timeout(target.policy.timeout),
         )
@@ -225,13 +224,20 @@ class ChatProber:
         # the request, not parsing the answer.
         started = time.perf_counter()
         response = await self._client.send(request, stream=True)
+        streamed: Classified | None = None
         try:
             chunks: list[bytes] = []
             size = 0
             truncated = False
-            streamed = target.policy.stream and "event-stream" in response.headers.get(
-                "content-type", ""
+            content_type = response.headers.get("content-type", "")
+            reading_stream = (
+                target.policy.stream
+                and response.status_code == 200
+                and "event-stream" in content_type
             )
+            pending = b""
+            reader = StreamReader()
+            first_token_ms: float | None = None
             async for chunk in response.aiter_bytes():
                 size += len(chunk)
                 if size > self._max_body:
@@ -240,21 +246,44 @@ class ChatProber:
                     truncated = True
                     break
                 chunks.append(chunk)
-                if streamed and b'"choices"' in chunk and b"\n\n" in b"".join(chunks):
-                    break  # the first complete event with a choice is all a probe needs
+                if reading_stream:
+                    # Judge each complete event as it arrives: the first one with content
+                    # or a role is the time to first token; empty-choices chunks (Azure's
+                    # prompt_filter_results) are read past.
+                    pending += chunk
+                    cut = pending.replace(b"\r\n", b"\n").rfind(b"\n\n")
+                    if cut >= 0:
+                        complete = pending.replace(b"\r\n", b"\n")
+                        events, pending = complete[: cut + 2], complete[cut + 2 :]
+                        for event in sse_events(events):
+                            streamed = reader.feed(event)
+                            if first_token_ms is None and reader.started:
+                                first_token_ms = (time.perf_counter() - started) * 1000.0
+                            if streamed is not None:
+                                break
+                    if streamed is not None:
+                        break
             elapsed_ms = (time.perf_counter() - started) * 1000.0
         finally:
             await response.aclose()
-        return _Reply(
+        if reading_stream and not truncated:
+            # The body ended: a last event without its blank line still counts.
+            for event in sse_events(pending) if streamed is None else ():
+                if reader.feed(event) is not None:
+                    break
+            streamed = reader.verdict()
+            if streamed.outcome is Outcome.OK and first_token_ms is not None:
+                elapsed_ms = first_token_ms  # a streamed probe's latency is time to first token
+        reply = Reply(
             status=response.status_code,
             body=b"".join(chunks),
-            content_type=response.headers.get("content-type", ""),
+            content_type=content_type,
             location=response.headers.get("location"),
             truncated=truncated,
-            elapsed_ms=elapsed_ms,
         )
+        return _Reply(reply, elapsed_ms, streamed)
 
 
 def _exc_text(exc: BaseException) -> str:
     text = str(exc) or type(exc).__name__
-    return text[:_DETAIL_MAX]
+    return text[:DETAIL_MAX]

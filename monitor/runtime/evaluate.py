@@ -21,11 +21,12 @@ from monitor.domain.failover import (
     decide,
     group_state,
 )
-from monitor.domain.health import Health, HealthState, Transition
+from monitor.domain.health import Health, HealthState, Transition, clean, recovering
 from monitor.domain.outcome import ProbeResult
 from monitor.runtime.act import Actor
 from monitor.runtime.context import Context
 from monitor.runtime.evidence import Evidence, Isolation
+from monitor.runtime.monitor import thresholds
 from monitor.runtime.notices import Notices
 from monitor.runtime.switcher import Switcher
 from monitor.runtime.sync import Sync
@@ -135,13 +136,22 @@ class Evaluator:
         isolated: bool,
     ) -> GroupView:
         policy = group.policy
+        limits = thresholds(policy)
+        now = time.time()
         endpoints = []
         for endpoint in group.endpoints:
             key = (group.model_group_name, endpoint.name)
             state = self.ctx.monitor.states.get(key, HealthState())
             up_since = state.since if state.health is Health.UP else None
-            answering = state.successes > 0
-            endpoints.append(EndpointView(endpoint.name, state.health, up_since, answering))
+            endpoints.append(
+                EndpointView(
+                    endpoint.name,
+                    state.health,
+                    up_since,
+                    answering=recovering(state, now, limits),
+                    clean=clean(state, now, limits),
+                )
+            )
         return GroupView(
             name=group.model_group_name,
             endpoints=tuple(endpoints),

@@ -23,8 +23,16 @@ from apscheduler.events import (
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
-from monitor.config import Target
-from monitor.domain.health import Health, HealthState, Thresholds, Transition, in_transition, judge
+from monitor.config import Policy, Target
+from monitor.domain.health import (
+    FailureRate,
+    Health,
+    HealthState,
+    Thresholds,
+    Transition,
+    judge,
+    wants_fast,
+)
 from monitor.domain.outcome import ProbeResult
 from monitor.metrics import Metrics
 from monitor.probes import ChatProber
@@ -56,6 +64,19 @@ class Counters:
     errors: int = 0
     lags: deque[float] = field(default_factory=lambda: deque(maxlen=_LAG_SAMPLES))
     last_tick: float = 0.0
+
+
+def thresholds(policy: Policy) -> Thresholds:
+    """The health machine's limits from a group's policy."""
+    rate = policy.failure_rate
+    return Thresholds(
+        rise=policy.rise,
+        fall=policy.fall,
+        rate=FailureRate(rate.window, rate.min_probes, rate.threshold),
+        clean_window=policy.failback_after,
+        latency_threshold=policy.latency_threshold,
+        latency_counts="latency" in policy.failover_on,
+    )
 
 
 def _job_id(key: EndpointKey) -> str:
@@ -139,7 +160,7 @@ class Monitor:
 
     def _next_run(self, key: EndpointKey, scheduled: float, state: HealthState) -> float:
         target = self.targets[key]
-        if in_transition(state) or target.group in self.urgent:
+        if wants_fast(state, time.time(), thresholds(target.policy)) or target.group in self.urgent:
             return scheduled + target.policy.fast_interval
         interval = target.policy.interval
         base = self._grid.get(key, scheduled)
@@ -186,9 +207,12 @@ class Monitor:
         """Judge a probe result, record it, tell the listeners. Also used for pre-flights."""
         key = (target.group, target.endpoint)
         now = time.time()
-        limits = Thresholds(rise=target.policy.rise, fall=target.policy.fall)
         state, transition = judge(
-            self.states.get(key, HealthState()), result.outcome.verdict, now, limits
+            self.states.get(key, HealthState()),
+            result.outcome.verdict,
+            now,
+            thresholds(target.policy),
+            result.latency_ms,
         )
         self.states[key] = state
         self.counters.probes += 1

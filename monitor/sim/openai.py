@@ -78,6 +78,9 @@ class Behaviour(StrEnum):
     HUGE = "huge"  # 200 with a ~20 MB JSON body and Content-Length
     ENDLESS = "endless"  # 200 chunked event stream that never ends
     REDIRECT = "redirect"  # 302 to another URL
+    INVALID_MODEL_400 = "invalid_model_400"  # LiteLLM proxy: 400 "Invalid model name passed"
+    REASONING = "reasoning"  # a reasoning model: rejects max_tokens and temperature 0 (400)
+    CANNED = "canned"  # the reply given to canned(): any status, body and content type
 
 
 class RecordedRequest(TypedDict):
@@ -136,6 +139,8 @@ class EndpointSim(Running):
         self._flake_rate = 0.0
         self._flake_as = Behaviour.HTTP_500
         self._random = random.Random()
+        # What CANNED answers: (status, body, content type), e.g. a real server's error.
+        self._canned: tuple[int, bytes, str] = (200, b"{}", "application/json")
 
         self._lock = threading.Lock()
         self._behaviour = behaviour
@@ -258,6 +263,12 @@ class EndpointSim(Running):
             self._server.refuse()  # also cuts open keep-alive connections
         elif not refusing and not self._server.listening:
             self._server.restore()
+
+    def canned(self, status: int, body: bytes, content_type: str) -> None:
+        """Answer every chat request with exactly this reply (a real server's error)."""
+        with self._lock:
+            self._canned = (status, body, content_type)
+        self.set(Behaviour.CANNED)
 
     def flaky(
         self, rate: float, *, behaviour: Behaviour = Behaviour.HTTP_500, seed: int | None = None
@@ -430,6 +441,21 @@ class _Handler(JsonHandler):
                 )
             case Behaviour.MODEL_NOT_FOUND:
                 self._model_not_found(model)
+            case Behaviour.INVALID_MODEL_400:
+                self._error(
+                    400,
+                    f"Invalid model name passed in model={model}. Call `/v1/models` to view "
+                    "available models for your key.",
+                    "invalid_request_error",
+                    "400",
+                    param="model",
+                )
+            case Behaviour.REASONING:
+                self._reasoning(model, payload)
+            case Behaviour.CANNED:
+                with self.sim._lock:
+                    status, body, content_type = self.sim._canned
+                self.send_bytes(status, body, content_type)
             case Behaviour.GARBAGE:
                 # Claims JSON, sends none: a broken upstream rarely labels its garbage.
                 self.send_bytes(200, b"\x00\xffgarbage{{not json", "application/json")
@@ -449,6 +475,31 @@ class _Handler(JsonHandler):
                 )
             case Behaviour.REFUSE | Behaviour.HANG:  # pragma: no cover - handled in _chat
                 self.close_connection = True
+
+    def _reasoning(self, model: str, payload: dict[str, Any]) -> None:
+        # OpenAI's o-series answers, word for word, when sent what older models accept.
+        if "max_tokens" in payload:
+            self._error(
+                400,
+                "Unsupported parameter: 'max_tokens' is not supported with this model. "
+                "Use 'max_completion_tokens' instead.",
+                "invalid_request_error",
+                "unsupported_parameter",
+                param="max_tokens",
+            )
+        elif payload.get("temperature", 1) != 1:
+            self._error(
+                400,
+                f"Unsupported value: 'temperature' does not support {payload['temperature']} "
+                "with this model. Only the default (1) value is supported.",
+                "invalid_request_error",
+                "unsupported_value",
+                param="temperature",
+            )
+        elif payload.get("stream") is True:
+            self._stream(model, payload)
+        else:
+            self.send_json(200, self._completion(model, payload, "OK"))
 
     def _completion(self, model: str, payload: dict[str, Any], content: str) -> dict[str, Any]:
         prompt_tokens = _estimate_prompt_tokens(payload.get("messages"))
@@ -638,6 +689,13 @@ def main(argv: list[str] | None = None) -> int:
         "--flaky", type=float, default=0.0, metavar="RATE", help="fail this share of requests"
     )
     parser.add_argument("--seed", type=int, default=None, help="seed for --flaky")
+    parser.add_argument(
+        "--flaky-as",
+        type=Behaviour,
+        choices=list(Behaviour),
+        default=Behaviour.HTTP_500,
+        help="what a --flaky failure answers (default: http_500)",
+    )
     args = parser.parse_args(argv)
 
     done = threading.Event()
@@ -653,7 +711,7 @@ def main(argv: list[str] | None = None) -> int:
         behaviour=args.behaviour,
         port=args.port,
     )
-    sim.flaky(args.flaky, seed=args.seed)
+    sim.flaky(args.flaky, behaviour=args.flaky_as, seed=args.seed)
     try:
         sim.start()
         print(sim.origin, flush=True)

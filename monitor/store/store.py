@@ -9,6 +9,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -19,9 +20,11 @@ from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import text as sql_text
+from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from monitor.domain.health import Health, HealthState
 from monitor.domain.latency import hist_percentile, histogram, merge, percentile
@@ -81,6 +84,42 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
     cursor.close()
 
 
+def upsert(
+    session: Session, table: type[DeclarativeBase], values: dict[str, Any], keys: Sequence[str]
+) -> None:
+    """Insert a row, or update it where `keys` match: one statement, safe to race.
+
+    Both dialects spell it `INSERT ... ON CONFLICT DO UPDATE`; SQLAlchemy's ORM `merge`
+    reads then writes, which two instances sharing PostgreSQL can interleave.
+    """
+    dialect = session.get_bind().dialect.name
+    build = postgresql.insert if dialect == "postgresql" else sqlite.insert
+    statement = build(table).values(values)
+    changed = {k: statement.excluded[k] for k in values if k not in keys}
+    session.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=changed))
+
+
+def exclusive(session: Session, name: str) -> None:
+    """Hold a database-wide lock named `name` until the session's transaction ends.
+
+    On PostgreSQL a transaction-scoped advisory lock, so concurrent instances take turns
+    (migrations, rollups). SQLite needs none: one daemon per file, and SQLite serialises
+    writers itself.
+    """
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(sql_text("SELECT pg_advisory_xact_lock(:key)"), {"key": lock_key(name)})
+
+
+def lock_key(name: str) -> int:
+    # Advisory locks are keyed by a 64-bit integer; a stable hash of a readable name.
+    return zlib.crc32(f"convai-monitor:{name}".encode())
+
+
+def _clean(value: str | None) -> str | None:
+    # PostgreSQL text cannot hold NUL; an endpoint's error body can.
+    return value.replace("\x00", "") if value else value
+
+
 def migrations_config() -> AlembicConfig:
     config = AlembicConfig()
     # Resolved from the installed package, so an installed daemon migrates itself.
@@ -94,7 +133,15 @@ class Store:
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.path = parsed.database if self.is_sqlite else None
-        self.engine: Engine = create_engine(url)
+        # Where the database is, fit for messages: the file, or the URL without password.
+        self.where = self.path if self.is_sqlite else parsed.render_as_string(hide_password=True)
+        options: dict[str, Any] = {}
+        if not self.is_sqlite:
+            # A server can go away between uses (restart, failover): check a pooled
+            # connection before handing it out, and give up connecting after a few seconds
+            # rather than hanging the loop's only database thread.
+            options = {"pool_pre_ping": True, "connect_args": {"connect_timeout": 5}}
+        self.engine: Engine = create_engine(url, **options)
         if self.is_sqlite:
             event.listen(self.engine, "connect", _sqlite_pragmas)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
@@ -139,8 +186,10 @@ class Store:
     def _fail(self, exc: SQLAlchemyError) -> StoreError:
         orig = getattr(exc, "orig", None)
         reason = str(orig) if orig is not None else type(exc).__name__
-        where = self.path if self.is_sqlite else make_url(self.url).render_as_string(True)
-        return StoreError(f"database {where}: {reason}")
+        # libpq's messages span lines ("...failed: Connection refused\n\tIs the server
+        # running..."); an operator gets one.
+        reason = " ".join(reason.split())
+        return StoreError(f"database {self.where}: {reason}")
 
     # --- schema ------------------------------------------------------------------------
 
@@ -148,8 +197,11 @@ class Store:
         """Bring the schema to the newest revision (a no-op when it is there)."""
         config = migrations_config()
         try:
-            with self.engine.begin() as connection:
-                config.attributes["connection"] = connection
+            with self.session() as session, session.begin():
+                # Instances started together queue here; the first migrates, the others
+                # then find the schema at head and do nothing.
+                exclusive(session, "migrate")
+                config.attributes["connection"] = session.connection()
                 command.upgrade(config, "head")
         except OperationalError as exc:
             raise self._fail(exc) from None
@@ -235,7 +287,7 @@ class Store:
                             "outcome": r.outcome.value,
                             "latency_ms": r.latency_ms,
                             "http_status": r.http_status,
-                            "detail": r.detail,
+                            "detail": _clean(r.detail),
                             "prompt_tokens": r.prompt_tokens,
                             "completion_tokens": r.completion_tokens,
                         }
@@ -400,6 +452,7 @@ class Store:
         current_hour = int(now // HOUR) * HOUR
         folded = 0
         with self.session() as session, session.begin():
+            exclusive(session, "rollup")
             rolled = int(self._meta(session, "rolled_until") or 0)
             if rolled == 0:
                 first = session.scalar(select(func.min(ResultRow.at)))
@@ -420,18 +473,21 @@ class Store:
                         values.append(latency)
                     acc[endpoint_id] = (probes + 1, successes + (1 if ok else 0), values)
                 for endpoint_id, (probes, successes, values) in acc.items():
-                    session.merge(
-                        RollupRow(
-                            endpoint_id=endpoint_id,
-                            hour=hour,
-                            probes=probes,
-                            successes=successes,
-                            histogram=json.dumps(histogram(values), separators=(",", ":")),
-                        )
+                    upsert(
+                        session,
+                        RollupRow,
+                        {
+                            "endpoint_id": endpoint_id,
+                            "hour": hour,
+                            "probes": probes,
+                            "successes": successes,
+                            "histogram": json.dumps(histogram(values), separators=(",", ":")),
+                        },
+                        ("endpoint_id", "hour"),
                     )
                 hour += HOUR
                 folded += 1
-            session.merge(MetaRow(key="rolled_until", value=str(hour)))
+            upsert(session, MetaRow, {"key": "rolled_until", "value": str(hour)}, ("key",))
         return folded
 
     def prune(self, now: float, retention: float, rollup_retention: float) -> int:

@@ -292,6 +292,9 @@ class SwitchLog:
         change, a second instance or a CLI switch in between is not trampled.
         """
         with self.store.session() as session, session.begin():
+            # Instances sharing PostgreSQL check-and-set one at a time: the row stays locked
+            # until the intent is written (SQLite serialises writers anyway).
+            session.get(GroupRow, group, with_for_update=True)
             row = self._require(session, group)
             if row.active_endpoint != expected_active:
                 return None
