@@ -73,9 +73,22 @@ class Actor:
         if decision.action is Action.STAY:
             self.dry_noted.discard(name)
             active = next((e for e in view.endpoints if e.name == view.active), None)
-            if record.condition in TROUBLE and active is not None and active.health is Health.UP:
+            if active is None or active.health is not Health.UP:
+                return
+            if record.condition in TROUBLE:
                 await self.beliefs.condition(
                     name, "recovered", f"recovered: {decision.reason}", now, clear=True
+                )
+            elif active is view.endpoints[0] and name in self.beliefs.incidents:
+                # The incident ends when the group is well again, whatever switch got it
+                # there: a failover that landed on the primary, an operator's move, a pin
+                # that ended. Otherwise reminders would page about an outage that is over.
+                await self.beliefs.condition(
+                    name,
+                    "recovered",
+                    f"recovered: back on its primary {active.name}, which is up",
+                    now,
+                    clear=True,
                 )
             return
         details = None
