@@ -18,7 +18,7 @@ from monitor.convai import ConvaiClient
 from monitor.domain.health import Health
 from monitor.domain.outcome import ProbeResult
 from monitor.metrics import Metrics
-from monitor.probes import ChatProber
+from monitor.probes import ChatProber, ProbeShape
 from monitor.runtime.failover import Engine
 from monitor.runtime.jobs import Jobs
 from monitor.runtime.monitor import Monitor
@@ -29,6 +29,7 @@ from monitor.store import Store
 from monitor.store.outbox import Deliveries, Outbox
 from monitor.store.switching import SwitchLog
 from monitor.systemd import SystemdNotify
+from monitor.web import status_server
 
 log = structlog.get_logger()
 
@@ -204,6 +205,9 @@ class Daemon:
             store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
         )
         states = await recorder.call(store.health)
+        # Probe shapes learnt before a restart: a reasoning model is asked right at once.
+        for key, shape in (await recorder.call(store.probe_shapes)).items():
+            prober.shapes[key] = ProbeShape.from_dict(shape)
         now = time.time()
         # A restart does not forget that an endpoint was down. "Up since" does not
         # survive it, though: nobody watched while the daemon was away, so failback
@@ -242,8 +246,8 @@ class Daemon:
         self._schedule(config)
         self.heartbeat = time.time()
         if config.server.listen:
-            self.server = StatusServer(
-                config.server.listen, self.health_check, self.ready_check, metrics.render
+            self.server = status_server(
+                config, lambda: self.config, self.health_check, self.ready_check, metrics.render
             )
             self.server.start()
         self.scheduler.start()

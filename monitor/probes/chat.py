@@ -45,12 +45,23 @@ class ProbeShape:
     def adapted(self) -> bool:
         return self != ProbeShape()
 
-    def as_dict(self, policy_tokens: int) -> dict[str, Any]:
+    def as_dict(self) -> dict[str, Any]:
         return {
             "budget_field": self.budget_field,
             "temperature": self.temperature,
-            "max_tokens": self.max_tokens or policy_tokens,
+            "max_tokens": self.max_tokens,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ProbeShape:
+        field = data.get("budget_field")
+        tokens = data.get("max_tokens")
+        known = ("max_tokens", "max_completion_tokens")
+        return cls(
+            budget_field=field if field in known else "max_tokens",
+            temperature=data.get("temperature") is not False,
+            max_tokens=tokens if isinstance(tokens, int) and tokens > 0 else None,
+        )
 
 
 def adapt(

@@ -35,7 +35,7 @@ from monitor.domain.health import (
 )
 from monitor.domain.outcome import ProbeResult
 from monitor.metrics import Metrics
-from monitor.probes import ChatProber
+from monitor.probes import ChatProber, ProbeShape
 from monitor.runtime.jobs import Jobs
 from monitor.runtime.recorder import Recorder
 from monitor.store import EndpointKey
@@ -116,6 +116,7 @@ class Monitor:
         self._grid: dict[EndpointKey, float] = {}
         self._due: dict[str, float] = {}
         self.jobs = Jobs()
+        self._shapes_saved: dict[EndpointKey, ProbeShape] = dict(prober.shapes)
         self._missed_logged_at = -MISSED_LOG_EVERY
         scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
@@ -194,12 +195,24 @@ class Monitor:
             return
         result = await self.prober.probe(target)
         await self.observe(target, result)
+        await self._keep_shape(key)
         if key not in self.targets:  # removed while probing (reload)
             return
         # Applied when APScheduler reports the run finished (see _on_executed): modifying
         # the job from inside it races max_instances=1 and a due time already past would
         # be skipped as "maximum number of running instances reached".
         self._due[job_id] = max(self._next_run(key, scheduled, self.states[key]), time.time())
+
+    async def _keep_shape(self, key: EndpointKey) -> None:
+        """Store the probe shape an endpoint was adapted to, once per change (status shows
+        it, and a restart starts from it)."""
+        shape = self.prober.shapes.get(key)
+        endpoint_id = self.endpoint_ids.get(key)
+        if shape is None or endpoint_id is None or self._shapes_saved.get(key) == shape:
+            return
+        self._shapes_saved[key] = shape
+        await self.recorder.call(self.recorder.store.save_probe_shape, endpoint_id, shape.as_dict())
+        log.info("probe_adapted", group=key[0], endpoint=key[1], **shape.as_dict())
 
     async def observe(
         self, target: Target, result: ProbeResult

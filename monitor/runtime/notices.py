@@ -43,6 +43,18 @@ class Notices:
                 "endpoint. Fix the key in the config and reload.",
                 details,
             )
+        if result.outcome is Outcome.QUOTA_EXHAUSTED:
+            if key in self._auth_flagged:
+                return None
+            self._auth_flagged.add(key)
+            # Told as a key/billing problem, not an outage: waiting will not fix it.
+            return (
+                "auth_error",
+                f"{target.endpoint} of {target.group} is out of quota, credits or budget "
+                f"(HTTP {result.http_status}): a billing problem of its key, not an outage "
+                f"of the endpoint. {result.detail or ''}".rstrip(),
+                {**details, "problem": "quota"},
+            )
         if result.outcome.verdict is Verdict.PASS:
             self._auth_flagged.discard(key)
         if transition is None or not self._standby(target):
