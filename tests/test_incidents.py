@@ -57,7 +57,7 @@ async def quiet_after_resolution(receiver: AlertReceiver) -> None:
 async def test_forced_switch_to_a_bad_endpoint_then_back_closes_the_incident(
     world: World, receiver: AlertReceiver
 ) -> None:
-    """(b) `failover --to b --force` to a known-bad b; the daemon moves the group back to
+    """(b) `failover --to b --force --hold 0` to a known-bad b; the daemon moves it back to
     its primary as a failover. The group is healthy: the incident must end."""
     world.sims["b"].set(Behaviour.MODEL_NOT_FOUND)
     config = world.config()
@@ -67,7 +67,8 @@ async def test_forced_switch_to_a_bad_endpoint_then_back_closes_the_incident(
         states = daemon.monitor.states
         await settled(world)
         await wait_for(lambda: states[(GROUP, "b")].health.value == "down", what="b down")
-        assert await cli("failover", "-c", path, GROUP, "--to", "b", "--force", "--yes") == 0
+        argv = ("failover", "-c", path, GROUP, "--to", "b", "--force", "--yes", "--hold", "0")
+        assert await cli(*argv) == 0
         await wait_for(
             lambda: world.registered()["base_url"] == world.sims["a"].base_url,
             what="back on the primary",
@@ -105,7 +106,7 @@ async def test_frozen_group_moved_by_an_operator_then_failed_over_home_closes_th
         await wait_for(lambda: health("c") == "up", what="c up")
         b.set(Behaviour.REFUSE)
         await wait_for(lambda: any("flapping" in t for t in paged(receiver)), what="frozen")
-        assert await cli("failover", "-c", path, GROUP, "--to", "c") == 0
+        assert await cli("failover", "-c", path, GROUP, "--to", "c", "--hold", "0") == 0
         a.set(Behaviour.OK)
         await wait_for(lambda: health("a") == "up", what="primary up")
         c.set(Behaviour.UNAUTHORIZED)  # `badkey c`
