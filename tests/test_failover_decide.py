@@ -65,7 +65,12 @@ def view(
         (view("DDU", active="zz"), Action.FAILOVER, ("c",)),
         (view("DDD", active="zz"), Action.ALL_DOWN, ()),
         (
-            view("UUU", active="zz", switch_times=(NOW - 300, NOW - 200, NOW - 100, NOW - 50)),
+            view(
+                "UUU",
+                active="zz",
+                up_since=NOW - 100,  # no steady refuge: the budget holds (see below)
+                switch_times=(NOW - 300, NOW - 200, NOW - 100, NOW - 50),
+            ),
             Action.FLAPPING,
             ("a", "b", "c"),
         ),
