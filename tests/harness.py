@@ -49,7 +49,13 @@ def cli_json(*argv: str) -> Any:
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         assert main([*argv, "--json"]) == 0
-    return json.loads(out.getvalue())
+    # A daemon running in this process may log to stdout (structlog's default) while the
+    # command runs; its lines are whole writes around the document, never inside it.
+    text = out.getvalue()
+    lines = text.splitlines(keepends=True)
+    start = next(i for i, line in enumerate(lines) if line.rstrip() in ("{", "[", "{}", "[]"))
+    document, _end = json.JSONDecoder().raw_decode("".join(lines[start:]))
+    return document
 
 
 @contextmanager
