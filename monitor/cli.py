@@ -163,11 +163,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     _out("(* = active endpoint)")
     cluster = report["cluster"]
     if len(cluster["instances"]) > 1 or cluster["leader"] is None:
-        left = cluster["lease_expires_in_s"]
-        lease = f" (lease {left}s left)" if left is not None else ""
+        until = cluster["lease_expires_at"]
+        lease = f" (lease until {until})" if until is not None else ""
         _out(f"leader: {cluster['leader'] or 'none'}{lease}")
         for instance in cluster["instances"]:
-            _out(f"  {instance['name']}: heartbeat {instance['heartbeat_age_s']}s ago")
+            _out(f"  {instance['name']}: last heartbeat {instance['heartbeat_at']}")
     for group in report["unmonitored"]:
         _out(f"unmonitored: {group['model_group_name']} ({group['base_url']}) is not in the config")
     alerts = report["alerts"]

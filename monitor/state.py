@@ -287,18 +287,19 @@ class State:
         }
 
     def cluster(self) -> dict[str, Any]:
-        """The leader, its lease and every instance's last heartbeat (database clock)."""
+        """The leader, its lease and every instance's last heartbeat. Times are the
+        database's clock, as absolute times: two reads of an idle system agree."""
         lease, instances = Leases(self.store).read()
         return {
             "leader": lease.holder if lease.live else None,
             "fencing_token": lease.token,
-            "lease_expires_in_s": _round(lease.expires_at - lease.now) if lease.live else None,
+            "lease_expires_at": iso(lease.expires_at) if lease.live else None,
             "instances": [
                 {
                     "name": i.name,
                     "version": i.version,
                     "leader": lease.live and i.name == lease.holder,
-                    "heartbeat_age_s": _round(lease.now - i.heartbeat_at),
+                    "heartbeat_at": iso(i.heartbeat_at),
                     "started_at": iso(i.started_at),
                 }
                 for i in instances
