@@ -95,10 +95,10 @@ async def manual_failover(
     )
     if current == to:
         return ManualResult(None, current, f"{group_name} is already on {to}; nothing to do")
-    model = group.model_name or registered.model_name
-    targets = {
-        t.endpoint: t for t in build_targets(config, {group_name: model}) if t.group == group_name
-    }
+    # Convai's model is what characters get (update cannot change it): pre-flight with it.
+    model = registered.model_name or group.model_name
+    models = {group_name: model} if model else {}
+    targets = {t.endpoint: t for t in build_targets(config, models) if t.group == group_name}
     prober = ChatProber(1, config.probes.max_body_bytes)
     try:
 
