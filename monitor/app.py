@@ -29,6 +29,7 @@ from monitor.store import Store
 from monitor.store.outbox import Deliveries, Outbox
 from monitor.store.switching import SwitchLog
 from monitor.systemd import SystemdNotify
+from monitor.web import status_server
 
 log = structlog.get_logger()
 
@@ -265,8 +266,8 @@ class Daemon:
         self._schedule(config)
         self.heartbeat = time.time()
         if config.server.listen:
-            self.server = StatusServer(
-                config.server.listen, self.health_check, self.ready_check, metrics.render
+            self.server = status_server(
+                config, lambda: self.config, self.health_check, self.ready_check, metrics.render
             )
             self.server.start()
         self.scheduler.start()

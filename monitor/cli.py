@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shutil
 import sys
@@ -38,7 +37,9 @@ def _out(text: str = "") -> None:
 
 
 def _json(data: Any) -> None:
-    _out(json.dumps(data, indent=2, sort_keys=False))
+    from monitor.report import dumps
+
+    print(dumps(data))
 
 
 def _config(args: argparse.Namespace) -> Config:

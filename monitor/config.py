@@ -248,9 +248,38 @@ class ProbeLimits(Strict):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
 
+class ServerAuth(Strict):
+    """Basic auth in front of the status page and its API (never the health checks)."""
+
+    username: str = Field(min_length=1, max_length=200, pattern=r"^[^:\s]+$")
+    password: SecretStr | None = None
+    password_file: Path | None = None
+
+    @model_validator(mode="after")
+    def _one_password(self) -> ServerAuth:
+        if (self.password is None) == (self.password_file is None):
+            raise ValueError("set exactly one of password or password_file")
+        if self.password is not None and not self.password.get_secret_value():
+            raise ValueError("password must not be empty")
+        return self
+
+    @property
+    def secret(self) -> str:
+        assert self.password is not None, "a password file is read at load"
+        return self.password.get_secret_value()
+
+
 class ServerConfig(Strict):
-    # HOST:PORT for /healthz, /readyz and /metrics; unset: no HTTP server.
+    # HOST:PORT for /healthz, /readyz, /metrics, the status page (/) and its API (/api/*);
+    # a bare :PORT is loopback. Unset: no HTTP server.
     listen: str | None = None
+    auth: ServerAuth | None = None
+
+    @model_validator(mode="after")
+    def _auth_needs_listen(self) -> ServerConfig:
+        if self.auth is not None and self.listen is None:
+            raise ValueError("auth is set but listen is not: there is no page to protect")
+        return self
 
     @field_validator("listen")
     @classmethod
@@ -326,6 +355,8 @@ class Config(Strict):
         from monitor.alerts.targets import secret_parts
 
         yield self.convai.api_key.get_secret_value()
+        if self.server.auth is not None:
+            yield self.server.auth.secret
         # A database password in storage.url is as secret as any key.
         password = make_url(self.storage.url).password
         if password:
@@ -532,7 +563,20 @@ def _resolve_key_files(config: Config, problems: list[str]) -> Config:
                 endpoint = endpoint.model_copy(update={"api_key": SecretStr(key)})
             endpoints.append(endpoint)
         groups.append(group.model_copy(update={"endpoints": endpoints}))
-    return config.model_copy(update={"groups": groups})
+    server = config.server
+    if server.auth is not None and server.auth.password_file is not None:
+        path, file = "server.auth.password_file", server.auth.password_file
+        try:
+            password = file.read_text(encoding="utf-8").strip()
+        except OSError as exc:
+            problems.append(f"{path}: cannot read {file}: {exc.strerror}")
+            password = ""
+        else:
+            if not password:
+                problems.append(f"{path}: {file} is empty")
+        auth = server.auth.model_copy(update={"password": SecretStr(password)})
+        server = server.model_copy(update={"auth": auth})
+    return config.model_copy(update={"groups": groups, "server": server})
 
 
 def _yaml_problem(exc: yaml.YAMLError, text: str) -> str:

@@ -4,11 +4,13 @@ The state itself (status, history, explain) is read in monitor.state."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any
 
 from monitor.domain.outcome import ProbeResult
+from monitor.redact import redact
 
 
 def iso(ts: float | None) -> str | None:
@@ -36,6 +38,11 @@ def check_report(results: Sequence[ProbeResult]) -> dict[str, Any]:
             for r in results
         ]
     }
+
+
+def dumps(data: Any) -> str:
+    """JSON as `--json` prints it and the API serves it: indented, redacted."""
+    return redact(json.dumps(data, indent=2, sort_keys=False))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[object]]) -> str:

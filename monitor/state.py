@@ -8,18 +8,19 @@ and HTML are made elsewhere.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
 from monitor.config import Config, display_url
 from monitor.domain.health import Health
-from monitor.domain.latency import hist_percentile
+from monitor.domain.latency import Bucket, fold, hist_percentile
 from monitor.durations import format_duration
 from monitor.report import iso
 from monitor.store import Store
 from monitor.store.outbox import Deliveries
-from monitor.store.store import HOUR, HourStats, WindowStats
+from monitor.store.store import HOUR, WindowStats
 from monitor.store.switching import EventRecord, GroupRecord, SwitchLog
 
 # Uptime over each window; 7d and 30d are answered from the hourly rollups.
@@ -65,21 +66,22 @@ class DayUptime:
 
 
 @dataclass(frozen=True, slots=True)
-class HourLatency:
-    hour: str  # ISO time of the hour's start
+class LatencyPoint:
+    at: float  # start of the stretch
+    seconds: float
     probes: int
     p50: float | None
     p95: float | None
 
 
-def daily_uptime(hours: list[HourStats], now: float, days: int) -> list[DayUptime]:
+def daily_uptime(hours: Sequence[Bucket], now: float, days: int) -> list[DayUptime]:
     """One entry per UTC day, oldest first, the last being today (so far)."""
     today = int(now // DAY) * DAY
     first = today - (days - 1) * DAY
     probes = [0] * days
     successes = [0] * days
     for h in hours:
-        index = (int(h.hour) - first) // DAY
+        index = int(h.start - first) // DAY
         if 0 <= index < days:
             probes[index] += h.probes
             successes[index] += h.successes
@@ -93,25 +95,38 @@ def daily_uptime(hours: list[HourStats], now: float, days: int) -> list[DayUptim
     ]
 
 
-def hourly_latency(hours: list[HourStats], now: float, count: int) -> list[HourLatency]:
-    """p50/p95 of successful probes per hour over the last `count` hours, oldest first."""
-    current = int(now // HOUR) * HOUR
-    first = current - (count - 1) * HOUR
-    by_hour = {int(h.hour): h for h in hours if int(h.hour) >= first}
-    out = []
-    for i in range(count):
-        start = first + i * HOUR
-        h = by_hour.get(start)
-        hist = h.histogram if h is not None else {}
-        out.append(
-            HourLatency(
-                iso(start) or "",
-                h.probes if h is not None else 0,
-                _round(hist_percentile(hist, 50)),
-                _round(hist_percentile(hist, 95)),
-            )
+# The raw results not rolled up yet (at most about the last hour) are drawn finer than
+# the hourly rollups, aiming at this many points over the chart, but never finer than
+# MIN_STEP nor coarser than MAX_STEP: a daemon started minutes ago still gets a line.
+TAIL_POINTS = 48
+MIN_STEP, MAX_STEP = 2.0, 300.0
+
+
+def latency_series(
+    hours: Sequence[Bucket],
+    raw: Sequence[tuple[float, bool, float | None]],
+    now: float,
+    span: float,
+) -> list[LatencyPoint]:
+    """p50/p95 of successful probes over the last `span` seconds, oldest first: a point per
+    rolled-up hour, then finer points for the raw results after them."""
+    start = now - span
+    rolled = [h for h in hours if h.start + h.seconds > start]
+    tail = [r for r in raw if r[0] >= start]
+    if not rolled and not tail:
+        return []
+    first = rolled[0].start if rolled else tail[0][0]
+    step = min(MAX_STEP, max(MIN_STEP, (now - max(first, start)) / TAIL_POINTS))
+    return [
+        LatencyPoint(
+            b.start,
+            b.seconds,
+            b.probes,
+            _round(hist_percentile(b.histogram, 50)),
+            _round(hist_percentile(b.histogram, 95)),
         )
-    return out
+        for b in [*rolled, *fold(tail, step)]
+    ]
 
 
 class State:
@@ -246,22 +261,28 @@ class State:
         status = self.status(now)
         ids = self.store.endpoint_ids()
         start = (int(now // DAY) - (PAGE_DAYS - 1)) * DAY
+        span = PAGE_HOURS * HOUR
         for group in status["groups"]:
             for endpoint in group["endpoints"]:
                 endpoint_id = ids.get((group["model_group_name"], endpoint["name"]))
-                recent = now - PAGE_HOURS * HOUR
-                hours = (
-                    self.store.hours(endpoint_id, start, now, histograms_from=recent)
+                hours, raw = (
+                    self.store.hours(endpoint_id, start, now, histograms_from=now - span)
                     if endpoint_id is not None
-                    else []
+                    else ([], [])
                 )
                 endpoint["days"] = [
                     {"day": d.day, "probes": d.probes, "uptime": d.uptime}
-                    for d in daily_uptime(hours, now, PAGE_DAYS)
+                    for d in daily_uptime(hours + fold(raw, HOUR), now, PAGE_DAYS)
                 ]
-                endpoint["latency_hours"] = [
-                    {"hour": h.hour, "probes": h.probes, "p50": h.p50, "p95": h.p95}
-                    for h in hourly_latency(hours, now, PAGE_HOURS)
+                endpoint["latency"] = [
+                    {
+                        "at": iso(p.at),
+                        "seconds": p.seconds,
+                        "probes": p.probes,
+                        "p50": p.p50,
+                        "p95": p.p95,
+                    }
+                    for p in latency_series(hours, raw, now, span)
                 ]
         events = self.switches.history(None, now - since)
         timeline = [{**event_dict(e), "source": "event"} for e in events]

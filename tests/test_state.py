@@ -9,12 +9,12 @@ import pytest
 from monitor.alerts.targets import target_id
 from monitor.config import Config, load_config
 from monitor.domain.alerts import Severity
+from monitor.domain.latency import Bucket, fold
 from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.report import iso
-from monitor.state import PAGE_DAYS, PAGE_HOURS, State, daily_uptime, hourly_latency
+from monitor.state import PAGE_DAYS, State, daily_uptime, latency_series
 from monitor.store import Store
 from monitor.store.outbox import Deliveries, Outbox, Route
-from monitor.store.store import HourStats
 from monitor.store.switching import SwitchLog
 from tests.conftest import config_dict, write_config
 
@@ -48,7 +48,7 @@ def result(at: float, ok: bool = True, latency: float = 100.0) -> ProbeResult:
 )
 def test_daily_uptime(hours: list[tuple[int, int, int]], expected: dict[int, float]) -> None:
     """`hours` are (seconds before NOW, probes, successes)."""
-    stats = [HourStats(int((NOW - ago) // HOUR) * HOUR, p, s, {}) for ago, p, s in hours]
+    stats = [Bucket(int((NOW - ago) // HOUR) * HOUR, HOUR, p, s, {}) for ago, p, s in hours]
     days = daily_uptime(stats, NOW, PAGE_DAYS)
     assert len(days) == PAGE_DAYS
     assert days[-1].day == "2027-01-15"  # today (NOW), UTC
@@ -59,18 +59,37 @@ def test_daily_uptime(hours: list[tuple[int, int, int]], expected: dict[int, flo
         assert (day.probes == 0) == (want is None)
 
 
-def test_hourly_latency_per_hour_with_gaps() -> None:
+def test_latency_series_hourly_then_finer() -> None:
     current = int(NOW // HOUR) * HOUR
     hours = [
-        HourStats(current, 3, 3, {40: 2, 60: 1}),  # 1.1^40 = 45.3 ms, 1.1^60 = 304.5 ms
-        HourStats(current - 5 * HOUR, 1, 0, {}),  # probed, nothing passed: no latency
-        HourStats(current - 30 * HOUR, 9, 9, {1: 9}),  # outside the 24 h
+        Bucket(current - 30 * HOUR, HOUR, 9, 9, {1: 9}),  # before the 24 h: left out
+        Bucket(current - 5 * HOUR, HOUR, 1, 0, {}),  # probed, nothing passed: no latency
+        Bucket(current - HOUR, HOUR, 3, 3, {40: 2, 60: 1}),  # 1.1^40 = 45.3, 1.1^60 = 304.5
     ]
-    series = hourly_latency(hours, NOW, PAGE_HOURS)
-    assert len(series) == PAGE_HOURS
-    assert (series[-1].p50, series[-1].p95, series[-1].probes) == (45.3, 304.5, 3)
-    assert (series[-6].p50, series[-6].probes) == (None, 1)
-    assert sum(h.probes for h in series) == 4
+    raw = [(current + i, True, 100.0) for i in range(0, 60, 1)]
+    series = latency_series(hours, raw, NOW, 24 * HOUR)
+    assert [(p.probes, p.p50, p.p95) for p in series[:2]] == [(1, None, None), (3, 45.3, 304.5)]
+    # The chart spans 5 h of data: the raw minute after the rollups is drawn in steps of
+    # 5 h / 48, at most 300 s: one point here.
+    (tail,) = series[2:]
+    assert (tail.seconds, tail.probes) == (300.0, 60)
+    assert 100 <= (tail.p50 or 0) <= 110
+
+
+@pytest.mark.parametrize(
+    ("age", "step"),
+    [(10.0, 2.0), (600.0, 12.5), (5 * HOUR, 300.0)],
+)
+def test_latency_series_of_a_young_daemon_fills_the_chart(age: float, step: float) -> None:
+    """A daemon started `age` ago, nothing rolled up: points `step` apart, never just one."""
+    raw = [(NOW - age + i * age / 100, True, 50.0) for i in range(100)]
+    series = latency_series([], raw, NOW, 24 * HOUR)
+    assert {p.seconds for p in series} == {step}
+    assert len(series) >= 2
+
+
+def test_latency_series_empty() -> None:
+    assert latency_series([], [(NOW - 2 * 86400, True, 5.0)], NOW, 24 * HOUR) == []
 
 
 @pytest.fixture
@@ -92,19 +111,20 @@ def test_hours_join_rollups_and_raw_rows(store: Store) -> None:
     store.rollup(NOW)
     store.prune(NOW, HOUR, 400 * DAY)
     assert store.result_count() == 5
-    hours = store.hours(endpoint, NOW - 90 * DAY, NOW, histograms_from=NOW - DAY)
-    assert sum(h.probes for h in hours) == 55
-    assert sum(h.successes for h in hours) == 45
-    by_day = {d.day: d for d in daily_uptime(hours, NOW, PAGE_DAYS)}
+    hours, raw = store.hours(endpoint, NOW - 90 * DAY, NOW, histograms_from=NOW - DAY)
+    assert len(raw) == 5
+    assert sum(h.probes for h in hours) == 50
+    assert sum(h.successes for h in hours) == 40
+    by_day = {d.day: d for d in daily_uptime(hours + fold(raw, HOUR), NOW, PAGE_DAYS)}
     assert by_day["2027-01-12"].uptime == 75.0
     assert by_day["2027-01-15"].uptime == 100.0
     # Three days back is outside the latency chart: its histogram is not even parsed.
-    assert all(h.histogram == {} for h in hours if h.hour < NOW - DAY)
-    series = hourly_latency(hours, NOW, PAGE_HOURS)
-    assert series[-1].probes == 5
+    assert all(h.histogram == {} for h in hours if h.start < NOW - DAY)
+    series = latency_series(hours, raw, NOW, 24 * HOUR)
+    assert sum(p.probes for p in series) == 15
     # Histogram percentiles are at most 10% high.
     assert 200 <= (series[-1].p50 or 0) <= 220
-    assert 50 <= (series[-3].p50 or 0) <= 55
+    assert 50 <= (series[0].p50 or 0) <= 55
 
 
 def _config(tmp_path: Path, base_url: str, **extra: object) -> Config:
@@ -137,7 +157,7 @@ def test_status_and_page_never_show_a_query_string(tmp_path: Path, store: Store)
     assert token not in repr(page)
     assert token not in repr(state.status(NOW))
     assert endpoint["days"][-1] == {"day": "2027-01-15", "probes": 1, "uptime": 100.0}
-    assert endpoint["latency_hours"][-1]["p50"] is not None
+    assert endpoint["latency"][-1]["p50"] is not None
 
 
 def test_timeline_is_newest_first_with_events_and_alert_deliveries(

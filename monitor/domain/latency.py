@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 
 GROWTH = 1.1
 _MAX_BUCKET = 200  # 1.1^200 ms is ~ 2.2e8 s: nothing a probe with a timeout can reach
@@ -58,3 +59,35 @@ def hist_percentile(hist: Mapping[int, int], q: float) -> float | None:
         if seen >= rank:
             return bucket_value(k)
     return bucket_value(max(hist))  # pragma: no cover - unreachable: seen reaches total
+
+
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Probes of one endpoint in one stretch of time: an hourly rollup, or raw results
+    folded the same way."""
+
+    start: float
+    seconds: float
+    probes: int
+    successes: int
+    histogram: dict[int, int]  # latency buckets of successful probes; {} when not wanted
+
+    @property
+    def uptime(self) -> float | None:
+        return self.successes / self.probes if self.probes else None
+
+
+def fold(results: Iterable[tuple[float, bool, float | None]], step: float) -> list[Bucket]:
+    """(at, ok, latency_ms) results into buckets of `step` seconds aligned on multiples of
+    `step`, oldest first; only buckets that have results."""
+    acc: dict[float, tuple[int, int, list[float]]] = {}
+    for at, ok, latency in results:
+        start = (at // step) * step
+        probes, successes, values = acc.get(start, (0, 0, []))
+        if ok and latency is not None:
+            values.append(latency)
+        acc[start] = (probes + 1, successes + (1 if ok else 0), values)
+    return [
+        Bucket(start, step, probes, successes, histogram(values))
+        for start, (probes, successes, values) in sorted(acc.items())
+    ]

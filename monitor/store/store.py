@@ -27,7 +27,7 @@ from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
 from monitor.domain.health import Health, HealthState
-from monitor.domain.latency import hist_percentile, histogram, merge, percentile
+from monitor.domain.latency import Bucket, hist_percentile, histogram, merge, percentile
 from monitor.domain.outcome import ProbeResult
 from monitor.store.tables import EndpointRow, MetaRow, ResultRow, RollupRow
 
@@ -55,16 +55,6 @@ class WindowStats:
     def uptime(self) -> float | None:
         """Share of probes that succeeded, 0..1; None with no probes in the window."""
         return self.successes / self.probes if self.probes else None
-
-
-@dataclass(frozen=True, slots=True)
-class HourStats:
-    """One endpoint's probes in one hour: a rollup, or the raw rows not rolled up yet."""
-
-    hour: int  # epoch seconds, hour start
-    probes: int
-    successes: int
-    histogram: dict[int, int]  # latency buckets of successful probes; {} when not asked for
 
 
 @dataclass(frozen=True, slots=True)
@@ -429,48 +419,45 @@ class Store:
 
     def hours(
         self, endpoint_id: int, start: float, now: float, *, histograms_from: float
-    ) -> list[HourStats]:
-        """Per hour from `start` to `now`, oldest first: rollups for rolled-up hours, raw rows
-        for the rest. Latency histograms only for hours from `histograms_from` (parsing 90
-        days of them for a bar of uptime would be wasted work)."""
+    ) -> tuple[list[Bucket], list[tuple[float, bool, float | None]]]:
+        """What was recorded from `start` to `now`: the hourly rollups, and the raw results
+        (at, ok, latency_ms) not rolled up yet, both oldest first. Rollup histograms only
+        for hours ending after `histograms_from`: parsing 90 days of them for a bar of
+        uptime would be wasted work."""
         first_hour = int(start // HOUR) * HOUR
         with self.session() as session:
             rolled = int(self._meta(session, "rolled_until") or 0)
             rollups = session.execute(
-                select(
-                    RollupRow.hour, RollupRow.probes, RollupRow.successes, RollupRow.histogram
-                ).where(
+                select(RollupRow.hour, RollupRow.probes, RollupRow.successes, RollupRow.histogram)
+                .where(
                     RollupRow.endpoint_id == endpoint_id,
                     RollupRow.hour >= first_hour,
                     RollupRow.hour < rolled,
                 )
+                .order_by(RollupRow.hour)
             ).all()
             raw = session.execute(
-                select(ResultRow.at, ResultRow.ok, ResultRow.latency_ms).where(
+                select(ResultRow.at, ResultRow.ok, ResultRow.latency_ms)
+                .where(
                     ResultRow.endpoint_id == endpoint_id,
-                    ResultRow.at >= max(first_hour, rolled),
+                    ResultRow.at >= max(start, rolled),
                     ResultRow.at <= now,
                 )
+                .order_by(ResultRow.at)
             ).all()
-        out: dict[int, HourStats] = {}
-        for hour, probes, successes, text in rollups:
-            hist = (
+        hours = [
+            Bucket(
+                hour,
+                HOUR,
+                probes,
+                successes,
                 {int(k): n for k, n in json.loads(text).items()}
                 if hour + HOUR > histograms_from
-                else {}
+                else {},
             )
-            out[hour] = HourStats(hour, probes, successes, hist)
-        acc: dict[int, tuple[int, int, list[float]]] = {}
-        for at, ok, latency in raw:
-            hour = int(at // HOUR) * HOUR
-            probes, successes, values = acc.get(hour, (0, 0, []))
-            if ok and latency is not None:
-                values.append(latency)
-            acc[hour] = (probes + 1, successes + (1 if ok else 0), values)
-        for hour, (probes, successes, values) in acc.items():
-            hist = histogram(values) if hour + HOUR > histograms_from else {}
-            out[hour] = HourStats(hour, probes, successes, hist)
-        return [out[h] for h in sorted(out)]
+            for hour, probes, successes, text in rollups
+        ]
+        return hours, [(at, ok, latency) for at, ok, latency in raw]
 
     def rollup(self, now: float) -> int:
         """Fold every complete hour not yet rolled up into rollups; return hours folded."""
