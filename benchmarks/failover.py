@@ -31,6 +31,7 @@ import yaml
 
 from monitor.app import Daemon, open_store
 from monitor.config import load_config
+from monitor.domain.health import Health
 from monitor.logs import setup_logging
 from monitor.loop import run as run_loop
 from monitor.sim.convai import ConvaiSim
@@ -202,10 +203,16 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     store = open_store(config)
     daemon = Daemon(config, store)
     seen: Counter[str] = Counter()
+    verdicts = 0
 
-    async def count(target: Any, result: Any, _state: Any, _transition: Any) -> None:
+    async def count(target: Any, result: Any, _state: Any, transition: Any) -> None:
+        nonlocal verdicts
         if target.endpoint == "primary":
             seen[result.outcome.value] += 1
+            # A primary judged down: without the re-probe before a failover, each of
+            # these would have been a switch. Measured, not computed.
+            if transition is not None and transition.after is Health.DOWN:
+                verdicts += 1
 
     task = asyncio.create_task(daemon.run())
     started = time.monotonic()
@@ -230,7 +237,8 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     probes = sum(seen.values())
     switches = len([c for c in convai.calls_of("update") if c.status == 200])
     p = args.blip_rate
-    # Runs of `fall` failures expected if every probe were an independent draw.
+    # Arithmetic, for comparison: runs of `fall` failures if every probe were an
+    # independent draw.
     expected = probes * (1 - p) * p**args.fall
     return {
         "primary_probes": probes,
@@ -239,7 +247,8 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "outcomes": dict(seen),
         "switches": switches,
         "missed_runs": missed,
-        "expected_down_verdicts_without_recheck": round(expected, 2),
+        "down_verdicts": verdicts,
+        "arithmetic_down_verdicts": round(expected, 2),
         "seconds": round(time.monotonic() - started, 1),
     }
 
@@ -445,8 +454,9 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"blips: {b['primary_probes']} primary probes at {b['failure_rate']:.0%} random "
             f"failures (observed {b['observed_failure_rate']:.2%}, {b['missed_runs']} missed "
-            f"runs) -> {b['switches']} switches (a fall-{args.fall} machine alone would "
-            f"expect ~{b['expected_down_verdicts_without_recheck']})"
+            f"runs, interval {args.blip_interval:g}s) -> {b['down_verdicts']} down verdicts "
+            f"(independent-draw arithmetic: ~{b['arithmetic_down_verdicts']}), each a switch "
+            f"without the re-probe -> {b['switches']} switches"
             f"  [target 0: {'met' if b['switches'] == 0 else 'NOT met'}]"
         )
     if args.json:

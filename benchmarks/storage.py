@@ -24,8 +24,8 @@ from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.store import Store
 
 DAY = 86400.0
-BATCH_SECONDS = 600.0  # results are written in batches covering this much time
-MAINTENANCE_EVERY = 3600.0  # rollup + prune cadence (the daemon does it every 5 min)
+BATCH_SECONDS = 300.0  # results are written in batches covering this much time
+MAINTENANCE_EVERY = 300.0  # rollup + prune cadence: every 5 min, as the daemon does
 
 
 def size(path: Path) -> int:

@@ -116,7 +116,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "database has no current schema: run `convai-monitor db upgrade -c FILE` "
                 "or start the daemon once"
             )
-        report = State(config, store).status(time.time())
+        report = State(config, store, _config_arg(args)).status(time.time())
     finally:
         store.close()
     if args.json:
@@ -145,6 +145,14 @@ def cmd_status(args: argparse.Namespace) -> int:
         switched = f", last switch {last['from']} -> {last['to']} at {last['at']}" if last else ""
         state = group["state"] or "not seen by the daemon yet"
         _out(f"{group['model_group_name']}: {state}{switched}")
+        if group["pinned"]:
+            pin = group["pinned"]
+            _out(f"  held on {pin['endpoint']} until {pin['until']} (unpin to release)")
+        if group["unmanaged_fix"]:
+            _out(
+                f"  unmanaged: Convai points at {group['registered_base_url']}, no configured "
+                f"endpoint; to bring it back: {group['unmanaged_fix']}"
+            )
     _out()
     _out(
         table(
@@ -169,6 +177,11 @@ def cmd_status(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _config_arg(args: argparse.Namespace) -> str:
+    """The config file as the operator named it, for commands we print back."""
+    return str(args.config or os.environ.get(CONFIG_ENV) or "FILE")
+
+
 def _convai(config: Config) -> Any:
     from monitor.app import convai_client
 
@@ -181,15 +194,29 @@ def _run_async(coro: Any) -> Any:
 
 def cmd_failover(args: argparse.Namespace) -> int:
     from monitor.app import open_store
+    from monitor.durations import parse_duration
     from monitor.ops import manual_failover
 
     config = _config(args)
+    try:
+        # `--hold 0` (any unit) asks for no hold at all.
+        zero = args.hold.strip().rstrip("smhd") in ("0", "0.0")
+        hold = 0.0 if zero else parse_duration(args.hold)
+    except ValueError as exc:
+        raise UsageError(f"--hold: {exc}") from None
     store = open_store(config)
 
     async def go() -> Any:
         async with _convai(config) as convai:
             return await manual_failover(
-                config, store, convai, args.group, args.to, force=args.force, yes=args.yes
+                config,
+                store,
+                convai,
+                args.group,
+                args.to,
+                force=args.force,
+                yes=args.yes,
+                hold=hold,
             )
 
     try:
@@ -203,6 +230,13 @@ def cmd_failover(args: argparse.Namespace) -> int:
         switch = result.outcome.switch
         tid = switch.transaction_id if switch else None
         _out(f"switched {args.group}: {result.from_endpoint} -> {args.to} (transactionID {tid})")
+        if hold:
+            from monitor.report import iso
+
+            _out(
+                f"held on {args.to} until {iso(time.time() + hold)}: no automatic switch until "
+                f"then (convai-monitor unpin {args.group} releases it)"
+            )
         return EXIT_OK
     return _fail(
         f"switch not done ({result.outcome.status}): {result.outcome.message}", EXIT_UNHEALTHY
@@ -308,7 +342,7 @@ def cmd_explain(args: argparse.Namespace) -> int:
     require_group(config, args.group)
     store = open_store(config)
     try:
-        lines = State(config, store).explain(args.group, time.time())
+        lines = State(config, store, _config_arg(args)).explain(args.group, time.time())
     finally:
         store.close()
     for line in lines:
@@ -543,6 +577,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", required=True, metavar="ENDPOINT", help="the configured endpoint to switch to"
     )
     fo.add_argument("--force", action="store_true", help="skip the pre-flight probe")
+    fo.add_argument(
+        "--hold",
+        default="1h",
+        metavar="DURATION",
+        help="keep the group there this long, like a pin (default 1h; 0: no hold)",
+    )
     fo.add_argument("--yes", action="store_true", help="confirm --force to an endpoint judged down")
     fo.set_defaults(func=cmd_failover)
 

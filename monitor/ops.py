@@ -64,8 +64,11 @@ async def manual_failover(
     to: str,
     *,
     force: bool,
+    hold: float | None = None,
     yes: bool = False,
 ) -> ManualResult:
+    """Move the group to `to` now; then hold it there `hold` seconds (None or 0: no hold),
+    so automatic failback does not undo what the operator meant."""
     from monitor.app import switch_log
 
     group = require_group(config, group_name)
@@ -94,7 +97,11 @@ async def manual_failover(
         at=time.time(),
     )
     if current == to:
-        return ManualResult(None, current, f"{group_name} is already on {to}; nothing to do")
+        message = f"{group_name} is already on {to}; nothing to do"
+        if hold:
+            until = pin(store, group_name, to, hold)
+            message = f"{group_name} is already on {to}; held there until {_iso(until)}"
+        return ManualResult(None, current, message)
     # Convai's model is what characters get (update cannot change it): pre-flight with it.
     model = registered.model_name or group.model_name
     models = {group_name: model} if model else {}
@@ -116,6 +123,7 @@ async def manual_failover(
                 reason=f"operator switched to {to}" + (" (pre-flight skipped)" if force else ""),
                 preflight=not force,
                 details={"to_primary": to == group.primary.name},
+                hold=hold or None,
             ),
             registered.base_url,
         )
@@ -131,6 +139,12 @@ async def manual_failover(
             time.time(),
         )
     return ManualResult(outcome, current, outcome.message)
+
+
+def _iso(at: float) -> str:
+    from monitor.report import iso
+
+    return str(iso(at))
 
 
 def down_text(store: Store, group: str, endpoint: str, now: float) -> str | None:

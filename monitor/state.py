@@ -99,7 +99,7 @@ def daily_uptime(hours: Sequence[Bucket], now: float, days: int) -> list[DayUpti
 # the hourly rollups, aiming at this many points over the chart, but never finer than
 # MIN_STEP nor coarser than MAX_STEP: a daemon started minutes ago still gets a line.
 TAIL_POINTS = 48
-MIN_STEP, MAX_STEP = 2.0, 300.0
+MIN_STEP, MAX_STEP = 1.0, 300.0
 
 
 def latency_series(
@@ -132,10 +132,26 @@ def latency_series(
 class State:
     """Reads the state of every configured group from the store, for one `now`."""
 
-    def __init__(self, config: Config, store: Store) -> None:
+    def __init__(self, config: Config, store: Store, config_path: str = "FILE") -> None:
         self.config = config
         self.store = store
         self.switches = SwitchLog(store)
+        self.config_path = config_path  # for the commands shown to operators
+
+    def bring_back(self, group_name: str, health: dict[Any, Any] | None = None) -> str:
+        """The command that points an unmanaged group at a configured endpoint again: the
+        first endpoint up, else the primary."""
+        group = self.config.group(group_name)
+        assert group is not None, "callers check the group exists"
+        health = self.store.health() if health is None else health
+        up = [
+            e.name
+            for e in group.endpoints
+            if (state := health.get((group_name, e.name))) is not None
+            and state.health.value == "up"
+        ]
+        to = up[0] if up else group.primary.name
+        return f"convai-monitor failover -c {self.config_path} {group_name} --to {to}"
 
     # --- status --------------------------------------------------------------------------
 
@@ -201,6 +217,10 @@ class State:
                     if record and record.registered_base_url
                     else None,
                     "condition": record.condition if record else None,
+                    # Convai points at no configured endpoint: what brings it back.
+                    "unmanaged_fix": self.bring_back(group.model_group_name)
+                    if record is not None and record.condition == "unmanaged"
+                    else None,
                     "pinned": {
                         "endpoint": record.pinned_endpoint,
                         "until": iso(record.pinned_until),
@@ -329,7 +349,8 @@ class State:
             lines.append(
                 f"{group_name} points at {display_url(record.registered_base_url)}, which is none "
                 "of the configured endpoints: someone changed it outside this daemon, so it is "
-                "left alone."
+                "unmanaged: nothing is switched until it points at one. To bring it back: "
+                + self.bring_back(group_name, health)
             )
         elif active == primary:
             lines.append(f"{group_name} is on its primary endpoint, {primary}.")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import json
 import os
+import socket
 import subprocess
 import sys
 import time
@@ -14,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from monitor.app import Daemon, open_store
+from monitor.cli import main
 from monitor.config import Config, load_config
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
@@ -30,6 +35,21 @@ def poll(condition: Callable[[], bool], limit: float, what: str) -> None:
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out waiting for {what}")
         time.sleep(0.05)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def cli_json(*argv: str) -> Any:
+    """What `convai-monitor ARGV --json` prints, run in-process as a user would run it
+    (from async code, call it through asyncio.to_thread: the CLI runs its own loop)."""
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main([*argv, "--json"]) == 0
+    return json.loads(out.getvalue())
 
 
 @contextmanager

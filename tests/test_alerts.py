@@ -204,6 +204,42 @@ async def test_flaky_receiver_gets_each_alert_once(
     assert status == [("delivered", 3)]
 
 
+async def test_real_backoff_and_jitter_until_retry_for_runs_out(
+    world: World, receiver: AlertReceiver, tmp_path: Path
+) -> None:
+    # The delivery job as it ships (2 s base, doubling, +-20% jitter), no knob turned:
+    # attempts at 0, ~2 and ~6 s; the next would come ~8 s later, past retry_for.
+    receiver.fail_next(1000)
+    world.extra["alerts"]["targets"] = [{"url": receiver.url("pager"), "min_severity": "critical"}]
+    world.extra["alerts"]["retry_for"] = 10
+    config = world.config()
+    async with running(config) as daemon:
+        await settled(world)
+        world.sims["a"].set(Behaviour.REFUSE)
+        await wait_for(
+            lambda: daemon.deliverer is not None and daemon.deliverer.failed >= 1,
+            limit=20,
+            what="given up",
+        )
+    conn = sqlite3.connect(tmp_path / "monitor.db")
+    try:
+        attempts = [a for (a,) in conn.execute("select at from alert_attempts order by id")]
+        status = conn.execute("select status, attempts from alert_outbox").fetchall()
+    finally:
+        conn.close()
+    assert status == [("failed", 3)]
+    assert receiver.failed_posts == 3
+    first, second = attempts[1] - attempts[0], attempts[2] - attempts[1]
+    # Each wait is at least the jittered backoff (2 s and 4 s, less 20%) and at most that
+    # plus the delivery job's 0.5 s cadence and a busy machine's slack; the second is
+    # about twice the first, never the same fixed step.
+    assert 1.6 <= first < 3.2, attempts
+    assert 3.2 <= second < 6.4, attempts
+    # Given up after the third failure: a fourth attempt (6.4 s or more later) would land
+    # past retry_for (10 s after the alert was written).
+    assert attempts[2] - attempts[0] < 10
+
+
 async def test_undeliverable_alert_is_failed_and_shown(
     world: World, receiver: AlertReceiver, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -249,7 +249,8 @@ def test_run_status_and_sigterm(world: World, capsys: pytest.CaptureFixture[str]
     assert "is on b, not on its primary a" in out
     assert "switched automatically from a to b" in out
 
-    # Restarted, the daemon remembers a is down (persisted health).
+    # The health the daemon judged is in the database for the next start to resume from
+    # (test_failover_e2e.py::test_health_and_incident_survive_a_restart restarts one).
     conn = sqlite3.connect(world.tmp_path / "monitor.db")
     try:
         health = dict(conn.execute("select name, health from endpoints").fetchall())
@@ -263,12 +264,13 @@ def test_manual_failover_pin_and_unpin(world: World, capsys: pytest.CaptureFixtu
     code, out, err = run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b")
     assert code == 0, err
     assert out.startswith(f"switched {GROUP}: a -> b (transactionID ")
+    assert "held on b until 20" in out  # --hold defaults to 1h
     assert world.registered()["base_url"] == world.sims["b"].base_url
     assert world.registered()["api_key"] == world.keys["b"]
 
     code, out, _ = run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b")
     assert code == 0
-    assert "already on b" in out
+    assert "already on b; held there until" in out
 
     world.sims["a"].set(Behaviour.HTTP_500)
     code, _, err = run_cli(capsys, "failover", "-c", path, GROUP, "--to", "a")
@@ -276,9 +278,14 @@ def test_manual_failover_pin_and_unpin(world: World, capsys: pytest.CaptureFixtu
     # What the pre-flight saw, not just that it failed.
     assert "no candidate passed pre-flight (a: http_5xx HTTP 500)" in err
     assert world.registered()["base_url"] == world.sims["b"].base_url
-    code, _, err = run_cli(capsys, "failover", "-c", path, GROUP, "--to", "a", "--force")
+    code, out, err = run_cli(
+        capsys, "failover", "-c", path, GROUP, "--to", "a", "--force", "--hold", "0"
+    )
     assert code == 0, err
+    assert "held" not in out
     assert world.registered()["base_url"] == world.sims["a"].base_url
+    code, out, _ = run_cli(capsys, "status", "-c", path, "--json")
+    assert json.loads(out)["groups"][0]["pinned"] is None  # moving off b ended its hold
 
     world.sims["a"].set(Behaviour.OK)
     code, out, err = run_cli(capsys, "pin", "-c", path, GROUP, "b", "--for", "2h")
@@ -293,7 +300,17 @@ def test_manual_failover_pin_and_unpin(world: World, capsys: pytest.CaptureFixtu
     code, out, _ = run_cli(capsys, "history", "-c", path, "--group", GROUP, "--json")
     kinds = [e["kind"] for e in json.loads(out)["events"]]
     # The refused switch is in the audit log too.
-    assert kinds == ["manual", "manual_failed", "manual", "manual", "pinned", "unpinned"]
+    assert kinds == [
+        "manual",
+        "held",
+        "pinned",
+        "manual_failed",
+        "manual",
+        "unpinned",
+        "manual",
+        "pinned",
+        "unpinned",
+    ]
     code, out, _ = run_cli(capsys, "history", "-c", path, "--group", GROUP)
     pinned = next(line for line in out.splitlines() if "pinned to b until" in line)
     assert re.search(r"until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", pinned), pinned
@@ -429,7 +446,7 @@ def test_history_fits_the_terminal_with_relative_times(
     world.sims["b"].set(Behaviour.HTTP_500)
     assert run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b")[0] == 1
     world.sims["b"].set(Behaviour.OK)
-    assert run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b")[0] == 0
+    assert run_cli(capsys, "failover", "-c", path, GROUP, "--to", "b", "--hold", "0")[0] == 0
     monkeypatch.setenv("COLUMNS", "80")
     code, out, _ = run_cli(capsys, "history", "-c", path)
     assert code == 0

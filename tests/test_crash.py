@@ -47,6 +47,10 @@ def test_kill_9_between_intent_and_confirmation(world: World, landed: bool) -> N
     world.sims["a"].set(Behaviour.REFUSE)
     with daemon_process(path, log) as proc:
         poll(lambda: ("intent", "b") in switches(config), 15, "intent")
+        # Kill only once the update has reached Convai and is held there (the armed hang
+        # consumed): killed earlier, the hang would catch this test's own update below.
+        poll(lambda: len(world.convai.calls_of("update")) == 1, 15, "update held by Convai")
+        assert [c.status for c in world.convai.calls_of("update")] == [None]
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(timeout=5)
     assert world.registered()["base_url"] == world.sims["a"].base_url

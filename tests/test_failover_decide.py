@@ -60,9 +60,27 @@ def view(
         (view("DUU", isolated=True), Action.ISOLATED, ()),
         # Convai points at something we do not know: hands off
         (view("DUU", active=None), Action.STAY, ()),
-        (view("DUU", active="zz"), Action.STAY, ()),
-        # pinned: no automatic switch
-        (view("DUU", pinned_to="a", pinned_until=NOW + 60), Action.PINNED, ("b", "c")),
+        # the active endpoint was removed from the config: fail over by the usual rules
+        (view("DUU", active="zz"), Action.FAILOVER, ("b", "c")),
+        (view("DDU", active="zz"), Action.FAILOVER, ("c",)),
+        (view("DDD", active="zz"), Action.ALL_DOWN, ()),
+        (
+            view("UUU", active="zz", switch_times=(NOW - 300, NOW - 200, NOW - 100, NOW - 50)),
+            Action.FLAPPING,
+            ("a", "b", "c"),
+        ),
+        # the active endpoint's base_url or key changed in the config: follow it
+        (view("UUU", stale_url=True), Action.REHOME, ("a",)),
+        (view("KUU", stale_url=True), Action.REHOME, ("a",)),
+        (view("UUU", stale_key=True), Action.KEY_ROTATION, ("a",)),
+        (view("UUU", stale_url=True, stale_key=True), Action.REHOME, ("a",)),
+        (view("UUU", active="b", stale_key=True), Action.KEY_ROTATION, ("b",)),
+        # ... under a pin too: the pin names the endpoint, not its address
+        (view("UUU", stale_url=True, pinned_to="a", pinned_until=NOW + 60), Action.REHOME, ("a",)),
+        # ... but a new URL that is down is a down endpoint: fail over instead
+        (view("DUU", stale_url=True), Action.FAILOVER, ("b", "c")),
+        # pinned: no automatic switch, and on-call hears the pin holds a down endpoint
+        (view("DUU", pinned_to="a", pinned_until=NOW + 60), Action.PINNED_DOWN, ("b", "c")),
         (view("DUU", pinned_to="a", pinned_until=NOW - 1), Action.FAILOVER, ("b", "c")),
         # flapping: four automatic switches within the hour freeze the group
         (

@@ -82,5 +82,5 @@ def test_installed_package_migrates_a_fresh_database(tmp_path: Path) -> None:
         "events",
         "alert_outbox",
     } <= tables
-    assert version == "0003"
+    assert version == "0004"
     assert journal == "wal"

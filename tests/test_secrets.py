@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import signal
-import socket
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -24,7 +23,7 @@ from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.sim.receiver import AlertReceiver
 from tests.conftest import CONVAI_KEY, canary_key
-from tests.harness import GROUP, World, daemon_process, make_world, poll
+from tests.harness import GROUP, World, daemon_process, free_port, make_world, poll
 
 Factory = Callable[..., EndpointSim]
 
@@ -40,12 +39,6 @@ EMBY_PASSWORD = "pw5511Secret"
 def receivers() -> Iterator[tuple[AlertReceiver, AlertReceiver]]:
     with AlertReceiver() as good, AlertReceiver() as refusing:
         yield good, refusing
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def file_bytes(tmp_path: Path) -> bytes:

@@ -7,6 +7,8 @@ import re
 import signal
 import subprocess
 import sys
+import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -624,16 +626,39 @@ def test_reset_forgets_everything_and_releases_hung_requests(
     sim.fail_next("list", 500)
     sim.hang_next("update")
     sim.delay = 0.01
-    with pytest.raises(httpx.ReadTimeout):
-        http.post(
-            "/llm-models/update",
-            json={"model_group_name": "my-turbo", "api_key": "k2"},
-            headers={"CONVAI-API-KEY": KEY},
-            timeout=0.1,
-        )
+    held: list[BaseException] = []
 
+    def hung_update() -> None:
+        # Its own client, with a timeout far longer than the test waits: only a release
+        # by the simulator can end this request in time.
+        with httpx.Client(base_url=sim.base_url, timeout=30.0, trust_env=False) as client:
+            try:
+                client.post(
+                    "/llm-models/update",
+                    json={"model_group_name": "my-turbo", "api_key": "k2"},
+                    headers={"CONVAI-API-KEY": KEY},
+                )
+            except httpx.HTTPError as exc:
+                held.append(exc)
+
+    waiter = threading.Thread(target=hung_update, daemon=True)
+    waiter.start()
+    deadline = time.monotonic() + 5
+    while not sim.calls_of("update") and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert [c.status for c in sim.calls_of("update")] == [None]  # arrived, held
+    waiter.join(0.3)
+    assert waiter.is_alive()  # still held
+
+    released = time.monotonic()
     sim.reset()
+    waiter.join(5)
 
+    assert not waiter.is_alive()
+    assert time.monotonic() - released < 3  # released, not timed out (30 s)
+    # Released without an answer: a hang changes nothing, so the connection just closes.
+    assert len(held) == 1
+    assert not isinstance(held[0], httpx.TimeoutException)
     assert sim.calls == []
     assert sim.delay == 0.0
     assert sim.record("my-turbo") is None

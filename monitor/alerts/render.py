@@ -28,6 +28,13 @@ HEADLINES = {
     "endpoint_up": "a fallback is back",
     "dry_run": "would switch (dry run)",
     "unmonitored": "removed from the config",
+    "pinned_down": "pinned to a down endpoint",
+    "unmanaged": "points at no configured endpoint; unmanaged",
+    "managed": "points at a configured endpoint again",
+    "rehome": "moved to its endpoint's new base_url",
+    "key_rotation": "endpoint key rotated in Convai",
+    "convai_auth_failed": "Convai rejects the monitor's key; no switch possible",
+    "convai_auth_ok": "Convai accepts the monitor's key again; resolved",
     "reminder": "still unresolved",
     "test": "test notification",
 }

@@ -69,6 +69,15 @@ RULES: dict[str, Rule] = {
     "endpoint_up": Rule(Severity.INFO, Effect.ATTACH),
     "dry_run": Rule(Severity.INFO, Effect.NONE),
     "unmonitored": Rule(Severity.INFO, Effect.CLOSE),
+    # Operators and config changes (issue 10): a pin holding a down endpoint is an outage
+    # nobody will fix by waiting; a group pointing at no configured endpoint is unwatched.
+    "pinned_down": Rule(Severity.CRITICAL, Effect.OPEN),
+    "unmanaged": Rule(Severity.WARNING, Effect.ATTACH),
+    "managed": Rule(Severity.INFO, Effect.ATTACH),
+    "rehome": Rule(Severity.INFO, Effect.ATTACH),
+    "key_rotation": Rule(Severity.INFO, Effect.ATTACH),
+    "convai_auth_failed": Rule(Severity.CRITICAL, Effect.OPEN),
+    "convai_auth_ok": Rule(Severity.INFO, Effect.CLOSE),
 }
 
 

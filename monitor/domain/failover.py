@@ -23,7 +23,10 @@ class Action(StrEnum):
     FLAPPING = "flapping"
     ISOLATED = "isolated"
     PRIMARY_RECOVERED = "primary_recovered"  # failback: manual, and a better endpoint is back
-    PINNED = "pinned"  # a switch is due but an operator pinned the group
+    PINNED = "pinned"  # a failback is due but an operator pinned the group
+    PINNED_DOWN = "pinned_down"  # the active endpoint is down and the group is pinned
+    REHOME = "rehome"  # the active endpoint's base_url changed in the config: follow it
+    KEY_ROTATION = "key_rotation"  # the active endpoint's api_key changed: give Convai it
 
 
 class GroupState(StrEnum):
@@ -69,7 +72,11 @@ class GroupView:
     operator_at: float | None = None  # last operator action: clears a flapping freeze
     pinned_to: str | None = None
     pinned_until: float | None = None
-    isolated: bool = False  # the monitor itself looks cut off (see runtime.failover)
+    isolated: bool = False  # the monitor itself looks cut off (see runtime.evidence)
+    # Convai calls the active endpoint at a base_url (or with a key) the config no longer
+    # gives it: the operator changed the endpoint and Convai must follow.
+    stale_url: bool = False
+    stale_key: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,7 +87,11 @@ class Decision:
 
     @property
     def switches(self) -> bool:
-        return self.action in (Action.FAILOVER, Action.FAILBACK)
+        """An update of Convai is due (to another endpoint, or to the same one anew)."""
+        return self.action in _SWITCHES
+
+
+_SWITCHES = frozenset({Action.FAILOVER, Action.FAILBACK, Action.REHOME, Action.KEY_ROTATION})
 
 
 def recent_switches(view: GroupView, now: float) -> int:
@@ -115,10 +126,11 @@ def decide(view: GroupView, now: float) -> Decision:
         # Convai points somewhere we do not know: a human's change, never overwritten.
         return Decision(Action.STAY, "Convai's base_url matches no configured endpoint")
     names = [e.name for e in view.endpoints]
-    if view.active not in names:
-        return Decision(Action.STAY, f"active endpoint {view.active} is not configured")
     by_name = {e.name: e for e in view.endpoints}
-    active = by_name[view.active]
+    # An active endpoint removed from the config is as good as down: Convai still calls
+    # it, and nobody watches it any more. The usual rules pick where the group goes.
+    active = by_name.get(view.active, EndpointView(view.active, Health.DOWN))
+    removed = view.active not in by_name
 
     if active.health is Health.DOWN:
         if active.answering:
@@ -133,11 +145,12 @@ def decide(view: GroupView, now: float) -> Decision:
         candidates = tuple(
             e.name for e in view.endpoints if e.name != active.name and e.health is Health.UP
         )
+        down = f"{active.name} was removed from the config" if removed else f"{active.name} is down"
         if not candidates:
-            return Decision(Action.ALL_DOWN, f"{active.name} is down and no other endpoint is up")
-        if pinned(view, now):
+            return Decision(Action.ALL_DOWN, f"{down} and no other endpoint is up")
+        if pinned(view, now) and not removed:
             return Decision(
-                Action.PINNED,
+                Action.PINNED_DOWN,
                 f"{active.name} is down but the group is pinned to {view.pinned_to}",
                 candidates,
             )
@@ -147,7 +160,18 @@ def decide(view: GroupView, now: float) -> Decision:
                 f"{recent_switches(view, now)} switches within the hour; holding on {active.name}",
                 candidates,
             )
-        return Decision(Action.FAILOVER, f"{active.name} is down", candidates)
+        return Decision(Action.FAILOVER, down, candidates)
+
+    # The endpoint is the same, its address or key is not: whatever else is due, Convai
+    # must stop calling what the operator replaced. Allowed under a pin (same endpoint).
+    if view.stale_url:
+        return Decision(
+            Action.REHOME, f"{active.name}'s base_url changed in the config", (active.name,)
+        )
+    if view.stale_key:
+        return Decision(
+            Action.KEY_ROTATION, f"{active.name}'s api_key changed in the config", (active.name,)
+        )
 
     # The active endpoint is up (or not yet judged): is a better one ready to return to?
     better = names[: names.index(active.name)]

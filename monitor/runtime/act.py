@@ -5,21 +5,25 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import structlog
 
 from monitor.config import GroupConfig
-from monitor.domain.failover import Action, Decision, GroupView
+from monitor.domain.failover import Action, Decision, GroupView, pinned
 from monitor.domain.health import Health
 from monitor.runtime.context import Context
 from monitor.runtime.evidence import Evidence
 from monitor.runtime.switcher import Switcher, SwitchOutcome, SwitchRequest
+from monitor.runtime.sync import Sync
 from monitor.store import EndpointKey
 from monitor.store.switching import GroupRecord
 
 log = structlog.get_logger()
 
+# Switches whose failure leaves characters on a broken endpoint or key: on-call hears.
+_ANNOUNCED = frozenset({Action.FAILOVER, Action.REHOME, Action.KEY_ROTATION})
 # Conditions that end with a `recovered` event when the group is healthy again.
 TROUBLE = frozenset(
     {
@@ -33,7 +37,9 @@ TROUBLE = frozenset(
 )
 # After a switch attempt that went nowhere (update failed, no candidate passed pre-flight)
 # the group is retried after RETRY_BASE seconds, doubling up to RETRY_MAX: a revoked Convai
-# key must not mean an update call (and pre-flight probes) every tick.
+# key must not mean an update call (and pre-flight probes) every tick. A switch that found
+# Convai moved (drift) or the belief changed (skipped) backs off the same way: a group
+# missing from Convai's list must not cost a pre-flight and two list calls every second.
 RETRY_BASE = 2.0
 RETRY_MAX = 120.0
 
@@ -44,13 +50,14 @@ class Actor:
         ctx: Context,
         switcher: Switcher,
         evidence: dict[EndpointKey, Evidence],
-        resync: Callable[[], Coroutine[Any, Any, None]],
+        sync: Sync,
     ) -> None:
         self.ctx = ctx
         self.beliefs = ctx.beliefs
         self.switcher = switcher
         self.evidence = evidence
-        self.resync = resync
+        self.sync = sync
+        self.resync: Callable[[], Coroutine[Any, Any, None]] = sync.sync
         self.retry: dict[str, tuple[float, float]] = {}  # group -> (not before, last delay)
         self.dry_noted: set[str] = set()
 
@@ -67,25 +74,48 @@ class Actor:
         now: float,
     ) -> None:
         name = group.model_group_name
+        active = next((e for e in view.endpoints if e.name == view.active), None)
+        active_up = active is not None and active.health is Health.UP
+        if (
+            record.condition == Action.PINNED_DOWN
+            and decision.action is not Action.PINNED_DOWN
+            and (active_up or not pinned(view, now))
+        ):
+            why = f"{view.active} is up again" if active_up else "the pin ended"
+            await self.beliefs.condition(
+                name,
+                "recovered",
+                f"recovered: {why}; no longer pinned to a down endpoint",
+                now,
+                clear=True,
+            )
+            record = replace(record, condition=None)
         if decision.switches:
             await self._switch(group, record, decision)
             return
         if decision.action is Action.STAY:
             self.dry_noted.discard(name)
-            active = next((e for e in view.endpoints if e.name == view.active), None)
-            if record.condition in TROUBLE and active is not None and active.health is Health.UP:
+            if active_up:
+                # The incident, if any, is over: the next one starts its retries afresh.
+                self.retry.pop(name, None)
+            if record.condition in TROUBLE and active_up:
                 await self.beliefs.condition(
                     name, "recovered", f"recovered: {decision.reason}", now, clear=True
                 )
             return
         details = None
+        reason = decision.reason
+        config = self.ctx.config_path or "CONFIG"
         if decision.action is Action.PRIMARY_RECOVERED and decision.candidates:
-            config = self.ctx.config_path or "CONFIG"
             to = decision.candidates[0]
             details = {"command": f"convai-monitor failover -c {config} {name} --to {to}"}
-        await self.beliefs.condition(
-            name, decision.action.value, decision.reason, now, details=details
-        )
+        elif decision.action is Action.PINNED_DOWN and decision.candidates:
+            to = decision.candidates[0]
+            move = f"convai-monitor failover -c {config} {name} --to {to}"
+            unpin = f"convai-monitor unpin -c {config} {name}"
+            reason = f"{reason}: pinned to a down endpoint; unpin ({unpin}) or move it ({move})"
+            details = {"command": move, "unpin": unpin}
+        await self.beliefs.condition(name, decision.action.value, reason, now, details=details)
 
     async def _switch(self, group: GroupConfig, record: GroupRecord, decision: Decision) -> None:
         name = group.model_group_name
@@ -106,7 +136,6 @@ class Actor:
                 for r in evidence.recent
             ],
         }
-        active_cfg = group.endpoint(active) if active else None
         request = SwitchRequest(
             group=name,
             kind=kind,
@@ -118,15 +147,18 @@ class Actor:
             details=details,
             # A failed failback leaves the group on a working endpoint: recorded, not paged.
             announce_failure=(
-                decision.action is Action.FAILOVER and record.condition != "failover_failed"
+                decision.action in _ANNOUNCED and record.condition != "failover_failed"
             ),
+            key_only=decision.action is Action.KEY_ROTATION,
         )
         try:
-            outcome = await self.switcher.switch(
-                request, active_cfg.base_url if active_cfg else None
-            )
+            # Checked against where Convai was last seen pointing: for a rehome that is the
+            # endpoint's old URL, which the config no longer has.
+            outcome = await self.switcher.switch(request, record.registered_base_url)
         finally:
             self.beliefs.stale()  # the switcher wrote switch and group rows
+        if outcome.unsettled:
+            self.ctx.background(self.resync(), f"sync-after-readback:{name}")
         if outcome.status in ("confirmed", "failed", "dry_run"):
             self.ctx.monitor.metrics.switches.labels(name, kind, outcome.status).inc()
         await self._after_switch(name, kind, outcome)
@@ -139,13 +171,14 @@ class Actor:
             self.ctx.monitor.urgent.discard(name)
         elif status == "dry_run":
             self.dry_noted.add(name)
-        elif status == "drift":
-            # Convai moved under us: re-read it (outside this group's lock, which sync
-            # takes), adopt, and decide again on the next tick.
-            self.ctx.background(self.resync(), f"sync-after-drift:{name}")
-        elif status == "skipped":
-            # The belief changed, or a switch is still open: a sync sorts out which.
-            self.ctx.background(self.resync(), f"sync-after-skip:{name}")
+        elif status in ("drift", "skipped", "unrecorded"):
+            # Convai moved under us (drift), the belief changed or a switch is still open
+            # (skipped), or a landed switch could not be recorded: re-read Convai (outside
+            # this group's lock, which sync takes), adopt, and decide again after a pause.
+            if status == "unrecorded" and outcome.switch is not None:
+                self.sync.unsettled.add(outcome.switch.id)
+            self._back_off(name, now)
+            self.ctx.background(self.resync(), f"sync-after-{status}:{name}")
         else:
             self._back_off(name, now)
             if status == "preflight_failed" and kind == "failover":

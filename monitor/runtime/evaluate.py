@@ -8,6 +8,7 @@ never waits on any of it.
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 
 import structlog
 
@@ -22,16 +23,16 @@ from monitor.domain.failover import (
     group_state,
 )
 from monitor.domain.health import Health, HealthState, Transition, clean, recovering
-from monitor.domain.outcome import ProbeResult
+from monitor.domain.outcome import ProbeResult, Verdict
 from monitor.runtime.act import Actor
 from monitor.runtime.context import Context
 from monitor.runtime.evidence import Evidence, Isolation
 from monitor.runtime.monitor import thresholds
 from monitor.runtime.notices import Notices
 from monitor.runtime.switcher import Switcher
-from monitor.runtime.sync import Sync
+from monitor.runtime.sync import Sync, same_url
 from monitor.store import EndpointKey
-from monitor.store.switching import GroupRecord
+from monitor.store.switching import GroupRecord, key_digest
 
 log = structlog.get_logger()
 
@@ -43,7 +44,7 @@ class Evaluator:
         self.sync = sync
         self.evidence: dict[EndpointKey, Evidence] = {}
         self.isolation = Isolation(ctx, self.evidence)
-        self.actor = Actor(ctx, switcher, self.evidence, sync.sync)
+        self.actor = Actor(ctx, switcher, self.evidence, sync)
         monitor = ctx.monitor
         self.notices = Notices(monitor.targets, monitor.states, self.beliefs.active.get)
 
@@ -52,6 +53,9 @@ class Evaluator:
     ) -> None:
         key = (target.group, target.endpoint)
         self.evidence.setdefault(key, Evidence()).add(result)
+        if result.outcome.verdict is Verdict.PASS:
+            # Something answers: we are not cut off (whichever group sees it first).
+            self.isolation.leave()
         notice = self.notices.notice(target, result, transition)
         if notice is not None:
             self.ctx.background(self.beliefs.note(target.group, *notice), f"note:{target.group}")
@@ -88,6 +92,12 @@ class Evaluator:
         record = (await beliefs.snapshot()).get(name)
         if record is None:
             return
+        active_target = monitor.targets.get((name, record.active_endpoint or ""))
+        if record.key_digest is None and active_target is not None:
+            # First sight: nothing says which key Convai holds; take the configured one.
+            digest = key_digest(active_target.api_key)
+            await beliefs.write(beliefs.switches.set_key_digest, name, digest)
+            record = replace(record, key_digest=digest)
         beliefs.active[name] = record.active_endpoint
         monitor.metrics.set_active(name, [e.name for e in group.endpoints], record.active_endpoint)
         switch_times = beliefs.switch_times.get(name, ())
@@ -136,6 +146,9 @@ class Evaluator:
         isolated: bool,
     ) -> GroupView:
         policy = group.policy
+        active = self.ctx.monitor.targets.get(
+            (group.model_group_name, record.active_endpoint or "")
+        )
         limits = thresholds(policy)
         now = time.time()
         endpoints = []
@@ -168,4 +181,14 @@ class Evaluator:
             pinned_to=record.pinned_endpoint,
             pinned_until=record.pinned_until,
             isolated=isolated,
+            stale_url=(
+                active is not None
+                and record.registered_base_url is not None
+                and not same_url(active.base_url, record.registered_base_url)
+            ),
+            stale_key=(
+                active is not None
+                and record.key_digest is not None
+                and key_digest(active.api_key) != record.key_digest
+            ),
         )

@@ -59,9 +59,9 @@ class Isolation:
         for key in self.ctx.monitor.targets:
             evidence = self.evidence.get(key)
             if evidence is None or not evidence.recent:
-                return self._leave()
+                return self.leave()
             if evidence.recent[-1].outcome not in _UNREACHABLE:
-                return self._leave()
+                return self.leave()
         try:
             await self.ctx.convai.list_models()
         except ConvaiUnreachable:
@@ -69,9 +69,9 @@ class Isolation:
             return True
         except ConvaiError:
             pass
-        return self._leave()
+        return self.leave()
 
-    def _leave(self) -> bool:
+    def leave(self) -> bool:
         if self.isolated:
             # What we judged while cut off says nothing about the endpoints: judge afresh,
             # so the first endpoint to answer does not win a switch it did not earn.

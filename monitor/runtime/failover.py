@@ -37,7 +37,7 @@ class Engine:
         self.switcher = Switcher(
             convai, switches, monitor.recorder.call, self._preflight, dry_run=dry_run
         )
-        self.syncer = Sync(self.ctx, register=register)
+        self.syncer = Sync(self.ctx, register=register, dry_run=lambda: self.switcher.dry_run)
         self.evaluator = Evaluator(self.ctx, self.syncer, self.switcher)
         self.active = self.beliefs.active
 

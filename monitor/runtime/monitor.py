@@ -219,6 +219,14 @@ class Monitor:
     ) -> tuple[HealthState, Transition | None]:
         """Judge a probe result, record it, tell the listeners. Also used for pre-flights."""
         key = (target.group, target.endpoint)
+        current = self.targets.get(key)
+        if current is not None and (current.base_url, current.api_key) != (
+            target.base_url,
+            target.api_key,
+        ):
+            # A probe of the endpoint's old URL (or key) that finished after a reload or a
+            # key file changed it: it says nothing about the endpoint as it is now.
+            return self.states.get(key, HealthState()), None
         now = time.time()
         state, transition = judge(
             self.states.get(key, HealthState()),

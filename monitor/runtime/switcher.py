@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, TypeVar
 
 import structlog
@@ -17,7 +17,7 @@ import structlog
 from monitor.config import Target, display_url, normalize_url
 from monitor.convai import ConvaiClient, ConvaiError
 from monitor.domain.outcome import ProbeResult
-from monitor.store.switching import SwitchLog, SwitchRecord
+from monitor.store.switching import SwitchLog, SwitchRecord, key_digest
 
 T = TypeVar("T")
 Call = Callable[..., Awaitable[Any]]  # runs a store function where the store is written
@@ -25,8 +25,11 @@ Probe = Callable[[Target], Awaitable[ProbeResult]]
 
 log = structlog.get_logger()
 
-# After a successful update whose read-back disagrees, try the update this many more times.
-READBACK_RETRIES = 1
+# After a successful update whose read-back disagrees, read again this many times, this far
+# apart, before believing it: the update was accepted, and sending it again would only
+# repeat it (a list that lags, or someone else's change, is not cured by a second update).
+READBACK_RETRIES = 2
+READBACK_PAUSE = 0.5
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +46,23 @@ class SwitchRequest:
     # False while the group already carries a failover_failed condition: each attempt
     # is recorded as a switch row, but on-call hears of the failure once.
     announce_failure: bool = True
+    # A key rotation sends only the key: the base_url stays what it is.
+    key_only: bool = False
+    # A manual switch holds the group on its endpoint this many seconds (like a pin).
+    hold: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class SwitchOutcome:
-    status: str  # confirmed | failed | skipped | preflight_failed | dry_run | drift
+    # confirmed | failed | skipped | preflight_failed | dry_run | drift, or unrecorded: the
+    # update landed but the record of it could not be written (the intent stays open for
+    # the next sync to confirm from Convai's list).
+    status: str
     switch: SwitchRecord | None = None
     target: Target | None = None
     message: str = ""
+    # Convai's list disagreed with an update it had accepted: a sync should look again.
+    unsettled: bool = False
 
 
 class Switcher:
@@ -186,36 +198,62 @@ class Switcher:
         self, request: SwitchRequest, chosen: Target, intent: SwitchRecord
     ) -> SwitchOutcome:
         bound = log.bind(group=request.group, switch_id=intent.id)
-        transaction_id: str | None = None
-        error = ""
+        base_url = None if request.key_only else chosen.base_url
+        try:
+            reply = await self.convai.update(
+                request.group, base_url=base_url, api_key=chosen.api_key
+            )
+        except ConvaiError as exc:
+            # A timeout or 5xx after retries says nothing about whether the update
+            # landed: read back before calling it failed (a key change cannot be read back).
+            uncertain = exc.retryable or exc.http_status is None
+            if not request.key_only and uncertain and await self._landed(request.group, chosen):
+                return await self._confirm(request, chosen, intent, None, "answer lost")
+            return await self._fail(request, chosen, intent, str(exc))
+        transaction_id = reply.transaction_id
+        # `list` never shows the key: `updated_fields` is the only proof it was taken.
+        key_taken = "api_key" in reply.updated_fields
+        if request.key_only:
+            if not key_taken:
+                fields = ", ".join(reply.updated_fields) or "none"
+                error = f"Convai did not confirm the new api_key (updated_fields: {fields})"
+                return await self._fail(request, chosen, intent, error)
+            return await self._confirm(request, chosen, intent, transaction_id, "confirmed")
+        if not key_taken:
+            # The group moved but may still carry the old key: the digest is not updated,
+            # so the next evaluation sees a stale key and rotates it.
+            bound.warning("update_key_unconfirmed", updated_fields=list(reply.updated_fields))
+        registered: str | None = None
         for attempt in range(1 + READBACK_RETRIES):
-            try:
-                reply = await self.convai.update(
-                    request.group, base_url=chosen.base_url, api_key=chosen.api_key
-                )
-            except ConvaiError as exc:
-                error = str(exc)
-                # A timeout or 5xx after retries says nothing about whether the update
-                # landed: read back before calling it failed.
-                uncertain = exc.retryable or exc.http_status is None
-                if uncertain and await self._landed(request.group, chosen):
-                    return await self._confirm(request, chosen, intent, None, "answer lost")
-                break
-            transaction_id = reply.transaction_id
+            if attempt:
+                await asyncio.sleep(READBACK_PAUSE)
             try:
                 registered = await self.registered_url(request.group)
             except ConvaiError as exc:
                 # Convai accepted the update; only the confirmation is missing. Record the
                 # switch (a lost record is worse) and let the next sync catch any drift.
                 bound.warning("readback_failed", error=str(exc))
-                return await self._confirm(request, chosen, intent, transaction_id, "unconfirmed")
+                return await self._confirm(
+                    request, chosen, intent, transaction_id, "unconfirmed", key_taken
+                )
             if registered is not None and normalize_url(registered) == normalize_url(
                 chosen.base_url
             ):
-                return await self._confirm(request, chosen, intent, transaction_id, "confirmed")
-            error = f"read-back shows base_url {display_url(registered)}, not {chosen.base_url}"
+                return await self._confirm(
+                    request, chosen, intent, transaction_id, "confirmed", key_taken
+                )
             bound.warning("readback_mismatch", attempt=attempt + 1)
-        return await self._fail(request, chosen, intent, error)
+        # Accepted, yet the list says otherwise: record what was done, never send it again,
+        # and let a sync adopt what Convai says now (drift, if someone else moved it).
+        outcome = await self._confirm(
+            request,
+            chosen,
+            intent,
+            transaction_id,
+            f"read-back shows {display_url(registered)}",
+            key_taken,
+        )
+        return replace(outcome, unsettled=True)
 
     async def _landed(self, group: str, chosen: Target) -> bool:
         try:
@@ -247,6 +285,7 @@ class Switcher:
         intent: SwitchRecord,
         transaction_id: str | None,
         how: str,
+        key_taken: bool = True,
     ) -> SwitchOutcome:
         now = time.time()
         took = (
@@ -257,22 +296,32 @@ class Switcher:
         message = (
             f"{request.kind} {request.expected_active} -> {chosen.endpoint}{took}: {request.reason}"
             + {
+                "confirmed": "",
                 "unconfirmed": " (Convai read-back unavailable)",
                 "answer lost": " (Convai's answer was lost; the read-back shows it landed)",
-            }.get(how, "")
+            }.get(how, f" (Convai accepted the update, but its {how})")
         )
         details = dict(request.details or {})
         details["transaction_id"] = transaction_id
         if request.detected_at is not None:
             details["detection_to_switch_s"] = round(now - request.detected_at, 3)
-        record: SwitchRecord = await self.call(
-            self.switches.confirm_switch,
-            intent.id,
-            transaction_id=transaction_id,
-            at=now,
-            message=message,
-            details=details,
-        )
+        try:
+            record: SwitchRecord = await self.call(
+                self.switches.confirm_switch,
+                intent.id,
+                transaction_id=transaction_id,
+                at=now,
+                message=message,
+                details=details,
+                key_digest=key_digest(chosen.api_key) if key_taken else None,
+                hold_until=now + request.hold if request.hold else None,
+            )
+        except Exception as exc:
+            # The switch happened; only its record is missing. Not a failed switch (no
+            # failover_failed page, no second update): the intent stays open and a sync
+            # confirms it from Convai's list.
+            log.error("switch_record_failed", group=request.group, error=str(exc))
+            return SwitchOutcome("unrecorded", switch=intent, target=chosen, message=message)
         log.warning(
             f"{request.kind}_completed",
             group=request.group,

@@ -5,20 +5,24 @@ from __future__ import annotations
 
 import asyncio
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import structlog
 
 from monitor.config import GroupConfig, display_url, normalize_url
 from monitor.convai import ConvaiError, ConvaiUnreachable, ModelList
-from monitor.domain.health import HealthState
+from monitor.domain.health import Health, HealthState
 from monitor.runtime.context import Context
-from monitor.store.switching import GroupRecord
+from monitor.store.switching import GroupRecord, key_digest
 
 log = structlog.get_logger()
 
 # An intent older than this with no evaluation running is a leftover, reconciled at sync.
 STALE_INTENT_AFTER = 120.0
+# Events about Convai itself (its key rejected) belong to no group: they are recorded
+# under this name, so they open and close an incident of their own.
+CONVAI = "convai"
 
 
 class StartupError(Exception):
@@ -32,12 +36,27 @@ def find_endpoint(group: GroupConfig, base_url: str | None) -> str | None:
     return next((e.name for e in group.endpoints if normalize_url(e.base_url) == wanted), None)
 
 
+def same_url(a: str | None, b: str | None) -> bool:
+    return a is not None and b is not None and normalize_url(a) == normalize_url(b)
+
+
 class Sync:
-    def __init__(self, ctx: Context, *, register: bool = False) -> None:
+    def __init__(
+        self,
+        ctx: Context,
+        *,
+        register: bool = False,
+        dry_run: Callable[[], bool] = lambda: False,
+    ) -> None:
         self.ctx = ctx
         self.beliefs = ctx.beliefs
         self.switches = ctx.beliefs.switches
         self.register = register
+        self.dry_run = dry_run
+        # Intents whose update landed but whose record failed: settled at the next sync,
+        # however young.
+        self.unsettled: set[int] = set()
+        self._rejected = False  # Convai rejects convai.api_key (told once per episode)
         self.reconciled = False
         self.synced = False  # Convai's list has been read at least once
         self.convai_reachable = True
@@ -69,6 +88,18 @@ class Sync:
                 f"Convai has no model group {names}: register it (convai-monitor models "
                 "register, or run with --register)"
             )
+        if missing and self.dry_run():
+            # A dry run changes nothing at Convai, registration included.
+            for group in missing:
+                await self.beliefs.write(
+                    self.switches.record,
+                    group.model_group_name,
+                    "dry_run",
+                    f"would register {group.model_group_name} with Convai on "
+                    f"{group.primary.name} (dry run: not registered)",
+                    time.time(),
+                )
+            missing = []
         for group in missing:
             await self._register(group)
         if missing:
@@ -99,18 +130,26 @@ class Sync:
         Convai says now: confirmed if the update landed, abandoned if not. Never re-sent."""
         now = time.time()
         for intent in await self.beliefs.call(self.switches.open_intents):
-            if stale_only and (
-                now - intent.intent_at < STALE_INTENT_AFTER
-                or self.beliefs.lock(intent.group).locked()
+            if (
+                stale_only
+                and intent.id not in self.unsettled
+                and (
+                    now - intent.intent_at < STALE_INTENT_AFTER
+                    or self.beliefs.lock(intent.group).locked()
+                )
             ):
                 continue
+            self.unsettled.discard(intent.id)
             model = listing.get(intent.group)
             registered = model.base_url if model else None
             if registered and normalize_url(registered) == normalize_url(intent.to_base_url):
+                # The update carried the endpoint's key: Convai holds it now.
+                target = self.ctx.monitor.targets.get((intent.group, intent.to_endpoint))
                 await self.beliefs.write(
                     self.switches.confirm_switch,
                     intent.id,
                     transaction_id=None,
+                    key_digest=key_digest(target.api_key) if target else None,
                     at=now,
                     message=(
                         f"{intent.kind} {intent.from_endpoint} -> {intent.to_endpoint} "
@@ -142,16 +181,61 @@ class Sync:
         if self.ctx.stopping:
             return
         async with self._lock:  # one sync at a time: each compares against the last
+            await self._refresh_key_files()
             fetched_at = time.time()
             try:
                 listing = await self.ctx.convai.list_models()
             except ConvaiError as exc:
                 self.convai_reachable = not isinstance(exc, ConvaiUnreachable)
                 log.warning("convai_sync_failed", error=str(exc))
+                if exc.http_status in (401, 403):
+                    await self._rejected_key(str(exc))
                 return
             self.convai_reachable = True
+            if self._rejected:
+                self._rejected = False
+                await self.beliefs.note(
+                    CONVAI, "convai_auth_ok", "Convai accepts convai.api_key again", {}
+                )
             await self._reconcile(listing, stale_only=self.reconciled)
             await self._apply_listing(listing, fetched_at)
+
+    async def _rejected_key(self, error: str) -> None:
+        """Convai rejects our own key: no switch can happen until someone fixes it."""
+        if self._rejected:
+            return  # once per episode; the incident's reminders repeat it
+        self._rejected = True
+        await self.beliefs.note(
+            CONVAI,
+            "convai_auth_failed",
+            f"Convai rejects convai.api_key ({error}): no group can be failed over until "
+            "the key is fixed in the config and the daemon reloaded",
+            {},
+        )
+
+    async def _refresh_key_files(self) -> None:
+        """An api_key_file rewritten in place (a rotation) is noticed at every sync; the
+        new key is then probed, and given to Convai if it belongs to an active endpoint."""
+        monitor = self.ctx.monitor
+        for group in self.ctx.config.groups:
+            for endpoint in group.endpoints:
+                path = endpoint.api_key_file
+                target = monitor.targets.get((group.model_group_name, endpoint.name))
+                if path is None or target is None:
+                    continue
+                try:
+                    key = (await asyncio.to_thread(path.read_text, encoding="utf-8")).strip()
+                except OSError as exc:
+                    log.warning(
+                        "api_key_file_unreadable",
+                        group=group.model_group_name,
+                        endpoint=endpoint.name,
+                        error=exc.strerror,
+                    )
+                    continue
+                if key and key != target.api_key:
+                    monitor.targets[(target.group, target.endpoint)] = replace(target, api_key=key)
+                    log.info("api_key_file_changed", group=target.group, endpoint=target.endpoint)
 
     async def _apply_listing(self, listing: ModelList, fetched_at: float) -> None:
         self.synced = True
@@ -196,30 +280,50 @@ class Sync:
         name = group.model_group_name
         endpoint = find_endpoint(group, registered)
         shown = display_url(registered)
+        if (
+            endpoint is None
+            and before is not None
+            and before.active_endpoint is not None
+            and same_url(before.registered_base_url, registered)
+        ):
+            # Convai still calls what this group's endpoint was; the config gave that
+            # endpoint a new base_url (a rehome follows) or removed it (a failover follows).
+            endpoint = before.active_endpoint
         if before is not None and before.condition == "not_registered":
             await self.beliefs.condition(
                 name, "recovered", "Convai lists the group again", now, clear=True
             )
-        if before is not None and before.registered_base_url is not None:
-            moved = normalize_url(before.registered_base_url) != normalize_url(registered)
-            if moved:
-                # Nobody but us should move the group; whoever did, we adopt and say so.
-                where = endpoint or "no configured endpoint"
-                await self.beliefs.write(
-                    self.switches.record,
-                    name,
-                    "drift",
-                    f"Convai's base_url changed to {shown} ({where}) without this daemon",
-                    now,
-                    details={"from": before.active_endpoint, "to": endpoint, "base_url": shown},
-                )
-                log.warning("drift", group=name, to_endpoint=endpoint, base_url=shown)
-        elif endpoint is None:
-            await self.beliefs.condition(
+        if (
+            before is not None
+            and before.registered_base_url is not None
+            and not same_url(before.registered_base_url, registered)
+        ):
+            # Nobody but us should move the group; whoever did, we adopt and say so.
+            where = endpoint or "no configured endpoint"
+            await self.beliefs.write(
+                self.switches.record,
                 name,
                 "drift",
-                f"Convai's base_url {shown} matches no configured endpoint; not acting",
+                f"Convai's base_url changed to {shown} ({where}) without this daemon",
                 now,
+                details={"from": before.active_endpoint, "to": endpoint, "base_url": shown},
+            )
+            log.warning("drift", group=name, to_endpoint=endpoint, base_url=shown)
+        if endpoint is None:
+            to = self._best(group)
+            config = self.ctx.config_path or "CONFIG"
+            await self.beliefs.condition(
+                name,
+                "unmanaged",
+                f"Convai's base_url {shown} matches no configured endpoint: nothing is "
+                f"watched or switched for this group until it points at one (convai-monitor "
+                f"failover -c {config} {name} --to {to})",
+                now,
+                details={"command": f"convai-monitor failover -c {config} {name} --to {to}"},
+            )
+        elif before is not None and before.condition == "unmanaged":
+            await self.beliefs.condition(
+                name, "managed", f"Convai points at {endpoint} again", now, clear=True
             )
         await self.beliefs.write(
             self.switches.observe_registration,
@@ -261,3 +365,12 @@ class Sync:
                 moved.append(target.endpoint)
         if moved:
             log.warning("probe_model_changed", group=group, model=model_name, endpoints=moved)
+
+    def _best(self, group: GroupConfig) -> str:
+        """Where an operator should point an unmanaged group: the first endpoint up."""
+        states = self.ctx.monitor.states
+        for endpoint in group.endpoints:
+            state = states.get((group.model_group_name, endpoint.name))
+            if state is not None and state.health is Health.UP:
+                return endpoint.name
+        return group.primary.name

@@ -256,6 +256,8 @@ class ConvaiSim(Running):
         self._calls: list[SimCall] = []
         self._seq = 0
         self._delay = 0.0
+        self._drop_fields: deque[str] = deque()  # see drop_next_field
+        self._after_update: list[tuple[str, str]] = []  # see move_after_next_update
         # Replaced on every start: set when the server stops, it wakes delayed and hung
         # requests of that run so they end instead of outliving it.
         self._release = threading.Event()
@@ -357,6 +359,25 @@ class ConvaiSim(Running):
         with self._lock:
             self._injections[checked].append(_Injection(0, times))
 
+    def drop_next_field(self, name: str) -> None:
+        """The next update that sends `name` accepts the call but silently leaves that field
+        unchanged and out of `updated_fields`: a change that did not take."""
+        with self._lock:
+            self._drop_fields.append(name)
+
+    def move(self, model_group_name: str, base_url: str, convai_key: str | None = None) -> None:
+        """Change a model's base_url without HTTP (no call recorded), as someone using
+        Convai's dashboard would."""
+        owner = self._owner(convai_key)
+        with self._lock:
+            self._store[owner][model_group_name].base_url = base_url
+
+    def move_after_next_update(self, model_group_name: str, base_url: str) -> None:
+        """Right after the next successful update of the group, someone else moves it to
+        `base_url`: the updater's read-back shows a URL it did not send."""
+        with self._lock:
+            self._after_update.append((model_group_name, base_url))
+
     def clear_injections(self) -> None:
         with self._lock:
             for queue in self._injections.values():
@@ -372,6 +393,8 @@ class ConvaiSim(Running):
                 models.clear()
             for queue in self._injections.values():
                 queue.clear()
+            self._drop_fields.clear()
+            self._after_update.clear()
             self._calls.clear()
             self._delay = 0.0
             # Waiters hold the old event: setting it ends them, the new one serves on.
@@ -649,8 +672,14 @@ class ConvaiSim(Running):
             injected = self._injected("update")
             if injected is not None:
                 return injected
+            if self._drop_fields and self._drop_fields[0] in changes:
+                del changes[self._drop_fields.popleft()]
             for name, value in changes.items():
                 setattr(model, name, value)
+            moves = [m for m in self._after_update if m[0] == group]
+            if moves:
+                self._after_update.remove(moves[0])
+                model.base_url = moves[0][1]
         return _Outcome(
             200,
             {

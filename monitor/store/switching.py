@@ -7,6 +7,7 @@ own transaction: a crash between them leaves an intent that the next start recon
 
 from __future__ import annotations
 
+import hashlib
 import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -14,12 +15,22 @@ from typing import Any
 
 from sqlalchemy import select
 
+from monitor.durations import format_duration
 from monitor.redact import redact
 from monitor.store.outbox import Outbox
 from monitor.store.store import Store
 from monitor.store.tables import EventRow, GroupRow, SwitchRow
 
 OPEN = "intent"
+# Switch kinds that move a group to another endpoint: they count towards flap damping.
+# A rehome or key rotation keeps the group on its endpoint and counts for nothing.
+MOVES = ("failover", "failback")
+
+
+def key_digest(key: str) -> str:
+    """Tells one api_key from another without keeping it (the key itself never reaches the
+    database)."""
+    return hashlib.sha256(b"convai-monitor key:" + key.encode()).hexdigest()[:32]
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,6 +47,7 @@ class GroupRecord:
     pinned_endpoint: str | None
     pinned_until: float | None
     synced_at: float | None
+    key_digest: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +93,7 @@ def _group(row: GroupRow) -> GroupRecord:
         row.pinned_endpoint,
         row.pinned_until,
         row.synced_at,
+        row.key_digest,
     )
 
 
@@ -123,6 +136,7 @@ class SwitchLog:
             for name, at in session.execute(
                 select(SwitchRow.group_name, SwitchRow.completed_at).where(
                     SwitchRow.automatic.is_(True),
+                    SwitchRow.kind.in_(MOVES),
                     SwitchRow.status == "confirmed",
                     SwitchRow.completed_at >= since,
                 )
@@ -152,6 +166,10 @@ class SwitchLog:
             if row is None:
                 row = GroupRow(name=name, state="healthy", monitored=monitored)
                 session.add(row)
+            if row.registered_base_url != registered_base_url:
+                # Moved by someone else (or first seen): which key they gave Convai is not
+                # known, so the configured one is taken as it at the next evaluation.
+                row.key_digest = None
             row.registered_base_url = registered_base_url
             row.model_name = model_name
             row.monitored = monitored
@@ -165,6 +183,13 @@ class SwitchLog:
             row = session.get(GroupRow, name)
             if row is not None and row.state != state:
                 row.state = state
+
+    def set_key_digest(self, name: str, digest: str) -> None:
+        """Adopt `digest` as the key Convai holds (first sight: nothing to compare with)."""
+        with self.store.session() as session, session.begin():
+            row = session.get(GroupRow, name)
+            if row is not None:
+                row.key_digest = digest
 
     def set_condition(self, name: str, condition: str | None) -> None:
         with self.store.session() as session, session.begin():
@@ -236,9 +261,9 @@ class SwitchLog:
         with self.store.session() as session, session.begin():
             row = self._event(session, at, group, kind, message, details=details)
             if set_condition:
-                group_row = session.get(GroupRow, group)
-                if group_row is not None:
-                    group_row.condition = condition
+                # A group Convai does not list yet has no row: make one, or the condition
+                # is forgotten and recorded (and paged) again on every sync.
+                self._require(session, group).condition = condition
             session.flush()
             return row.id
 
@@ -280,7 +305,9 @@ class SwitchLog:
         """Compare-and-set, then write the intent. None when the belief changed meanwhile.
 
         The group must still be on `expected_active` and have no switch in flight: a manual
-        change, a second instance or a CLI switch in between is not trampled.
+        change, a second instance or a CLI switch in between is not trampled. An automatic
+        switch must also respect a pin set meanwhile: only the pinned endpoint is allowed
+        (a rehome or key rotation of it), whatever the evaluation read before.
         """
         with self.store.session() as session, session.begin():
             # Instances sharing PostgreSQL check-and-set one at a time: the row stays locked
@@ -288,6 +315,11 @@ class SwitchLog:
             session.get(GroupRow, group, with_for_update=True)
             row = self._require(session, group)
             if row.active_endpoint != expected_active:
+                return None
+            held = row.pinned_endpoint is not None and (
+                row.pinned_until is None or row.pinned_until > at
+            )
+            if automatic and held and to_endpoint != row.pinned_endpoint:
                 return None
             in_flight = session.scalar(
                 select(SwitchRow.id).where(SwitchRow.group_name == group, SwitchRow.status == OPEN)
@@ -318,7 +350,11 @@ class SwitchLog:
         at: float,
         message: str,
         details: dict[str, Any] | None = None,
+        key_digest: str | None = None,
+        hold_until: float | None = None,
     ) -> SwitchRecord:
+        """The update landed. `key_digest`: the key Convai was given with it (None: not
+        known). `hold_until`: a manual switch holds the group there, like a pin."""
         with self.store.session() as session, session.begin():
             switch = session.get_one(SwitchRow, switch_id)
             switch.status = "confirmed"
@@ -329,9 +365,35 @@ class SwitchLog:
             row.registered_base_url = switch.to_base_url
             row.last_switch_at = at
             row.condition = None
+            if key_digest is not None:
+                row.key_digest = key_digest
+            self._event(session, at, switch.group_name, switch.kind, message, switch.id, details)
             if not switch.automatic:
                 row.operator_at = at
-            self._event(session, at, switch.group_name, switch.kind, message, switch.id, details)
+                if row.pinned_endpoint not in (None, switch.to_endpoint):
+                    # An operator moved the group off a pinned endpoint: that pin is over.
+                    self._event(
+                        session,
+                        at,
+                        switch.group_name,
+                        "unpinned",
+                        f"unpinned from {row.pinned_endpoint}: an operator moved the group "
+                        f"to {switch.to_endpoint}",
+                        switch.id,
+                    )
+                    row.pinned_endpoint, row.pinned_until = None, None
+            if hold_until is not None:
+                row.pinned_endpoint, row.pinned_until = switch.to_endpoint, hold_until
+                held = format_duration(hold_until - at)
+                self._event(
+                    session,
+                    at,
+                    switch.group_name,
+                    "held",
+                    f"held on {switch.to_endpoint} for {held} after a manual switch: no "
+                    "automatic switch until then (unpin to release)",
+                    switch.id,
+                )
             return _switch(switch)
 
     def fail_switch(
@@ -397,6 +459,7 @@ class SwitchLog:
                 select(SwitchRow.completed_at).where(
                     SwitchRow.group_name == group,
                     SwitchRow.automatic.is_(True),
+                    SwitchRow.kind.in_(MOVES),
                     SwitchRow.status == "confirmed",
                     SwitchRow.completed_at >= since,
                 )

@@ -91,6 +91,9 @@ class GroupRow(Base):
     pinned_endpoint: Mapped[str | None] = mapped_column(String(100))
     pinned_until: Mapped[float | None] = mapped_column(Float)
     synced_at: Mapped[float | None] = mapped_column(Float)
+    # A digest of the api_key Convai was last given (store.switching.key_digest): a key
+    # changed in the config is noticed, even across restarts, without storing the key.
+    key_digest: Mapped[str | None] = mapped_column(String(64))
 
 
 class SwitchRow(Base):
