@@ -194,6 +194,10 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "timeout": args.blip_interval * 0.8,
             "fall": args.fall,
             "rise": 2,
+            # The failure-rate window scaled with the cadence (60 s at a 10 s interval is
+            # six intervals): the same number of probes per window as in production, so
+            # the rate rule sees blips exactly as it would there.
+            "failure_rate": {"window": 6 * args.blip_interval, "min_probes": 10},
         },
         "groups": groups,
     }
@@ -313,8 +317,20 @@ async def window_scenario(
     daemon = Daemon(config, store)
     task = asyncio.create_task(daemon.run())
     updates: dict[str, list[float]] = {}
+    first_failed: dict[str, float] = {}
+    started = float("inf")
+
+    async def watch(target: Any, result: Any, _state: Any, _transition: Any) -> None:
+        # The first failed probe of each primary once the outage began: what the daemon
+        # itself counts "detection" from.
+        now = time.monotonic()
+        if target.endpoint == "primary" and not result.ok and now >= started:
+            first_failed.setdefault(target.group, now)
+
     try:
         await asyncio.wait_for(daemon.ready.wait(), 30)
+        assert daemon.monitor is not None
+        daemon.monitor.listeners.append(watch)
         # Every endpoint judged up, and a full interval of normal cadence behind it.
         await asyncio.sleep(args.interval + args.fast_interval * 3 + 3)
         started = time.monotonic()
@@ -331,6 +347,9 @@ async def window_scenario(
             group = call.body.get("model_group_name")
             if call.status == 200 and isinstance(group, str) and call.at <= ended:
                 updates.setdefault(group, []).append(call.at - started)
+        detected = sorted(
+            updates[g][0] - (first_failed[g] - started) for g in updates if g in first_failed
+        )
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 30)
@@ -352,16 +371,23 @@ async def window_scenario(
             "max": round(max(firsts), 3) if firsts else None,
             "min": round(min(firsts), 3) if firsts else None,
         },
+        "first_failure_to_switch_s": {
+            "p50": round(statistics.median(detected), 3) if detected else None,
+            "p95": round(_pct(detected, 95), 3) if detected else None,
+            "max": round(max(detected), 3) if detected else None,
+        },
         "switches_after_the_first": later,
     }
 
 
 def _window_line(r: dict[str, Any], target: float) -> str:
     d = r["start_to_switch_s"]
+    f = r["first_failure_to_switch_s"]
     met = d["p95"] is not None and d["p95"] <= target and r["switched"] == r["runs"]
     return (
         f"{r['scenario']}: {r['switched']}/{r['runs']} switched; start-to-switch p50 "
-        f"{d['p50']}s p95 {d['p95']}s (min {d['min']}s, max {d['max']}s); "
+        f"{d['p50']}s p95 {d['p95']}s (min {d['min']}s, max {d['max']}s); first failed "
+        f"probe to switch p50 {f['p50']}s p95 {f['p95']}s (max {f['max']}s); "
         f"{r['switches_after_the_first']} further switches within {r['duration_s']:g}s"
         f"  [target p95 <= {target:g}s: {'met' if met else 'NOT met'}]"
     )
