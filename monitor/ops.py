@@ -106,7 +106,7 @@ async def manual_failover(
     model = registered.model_name or group.model_name
     models = {group_name: model} if model else {}
     targets = {t.endpoint: t for t in build_targets(config, models) if t.group == group_name}
-    prober = ChatProber(1, config.probes.max_body_bytes)
+    prober = ChatProber(1, config.probes.max_body_bytes, config.instance.name)
     try:
 
         async def probe(target: Any) -> ProbeResult:

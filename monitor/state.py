@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from monitor.config import Config, display_url
 from monitor.domain.health import Health
 from monitor.domain.latency import Bucket, fold, hist_percentile
@@ -22,6 +24,7 @@ from monitor.store import Store
 from monitor.store.outbox import Deliveries
 from monitor.store.store import HOUR, WindowStats
 from monitor.store.switching import EventRecord, GroupRecord, SwitchLog
+from monitor.store.tables import EventRow
 
 # Uptime over each window; 7d and 30d are answered from the hourly rollups.
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
@@ -211,7 +214,11 @@ class State:
             groups.append(
                 {
                     "model_group_name": group.model_group_name,
-                    "state": None if record is None else "pinned" if pinned else record.state,
+                    "state": None
+                    if record is None
+                    else self._pin_kind(group.model_group_name)
+                    if pinned
+                    else record.state,
                     "active_endpoint": record.active_endpoint if record else None,
                     "registered_base_url": display_url(record.registered_base_url)
                     if record and record.registered_base_url
@@ -306,24 +313,51 @@ class State:
                 ]
         events = self.switches.history(None, now - since)
         timeline = [{**event_dict(e), "source": "event"} for e in events]
-        timeline += [
+        timeline += self._deliveries(now - since)
+        timeline.sort(key=lambda e: e["at"] or "", reverse=True)
+        status["timeline"] = timeline
+        status["timeline_since"] = iso(now - since)
+        return status
+
+    def _deliveries(self, since: float) -> list[dict[str, Any]]:
+        """Finished alerts for the timeline: one entry per event for those delivered (to
+        every target it went to), one per target for those that failed, with the error."""
+        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for d in Deliveries(self.store).finished(since, self._target_names()):
+            delivered = d["status"] == "delivered" and d["event"] is not None
+            key = ("event", d["event"]) if delivered else ("row", d["id"])
+            entry = merged.setdefault(key, {**d, "targets": []})
+            entry["targets"].append(d["target"])
+            entry["at"] = max(entry["at"], d["at"])
+        return [
             {
                 "at": iso(d["at"]),
                 "model_group_name": d["group"],
                 "kind": "alert_" + d["status"],
-                "message": f"alert about {d['kind']} {d['status']} to {d['target']}"
+                "message": f"alert about {d['kind']} {d['status']} to {', '.join(d['targets'])}"
                 + (f" after {d['attempts']} attempts: {d['error']}" if d["error"] else ""),
                 "transaction_id": None,
                 "detection_to_switch_s": None,
                 "details": None,
                 "source": "alert",
             }
-            for d in Deliveries(self.store).finished(now - since, self._target_names())
+            for d in merged.values()
         ]
-        timeline.sort(key=lambda e: e["at"] or "", reverse=True)
-        status["timeline"] = timeline
-        status["timeline_since"] = iso(now - since)
-        return status
+
+    def _pin_kind(self, group: str) -> str:
+        """`held` when the group's pin came from `failover --hold`, else `pinned`: both are
+        a pin underneath, told apart by the event that set it."""
+        with self.store.session() as session:
+            kind = session.scalar(
+                select(EventRow.kind)
+                .where(
+                    EventRow.group_name == group,
+                    EventRow.kind.in_(("pinned", "held", "unpinned")),
+                )
+                .order_by(EventRow.at.desc(), EventRow.id.desc())
+                .limit(1)
+            )
+        return "held" if kind == "held" else "pinned"
 
     def _target_names(self) -> dict[str, str]:
         from monitor.alerts.targets import target_names
