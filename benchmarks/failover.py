@@ -163,17 +163,17 @@ def _spawn_sim(*extra: str) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
-async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    # Primaries are paths on one flaky sim, fallbacks paths on a healthy one, both in
-    # their own processes; the daemon under test has the CPU to itself.
-    flaky, flaky_url = _spawn_sim("--flaky", str(args.blip_rate), "--seed", str(args.seed))
-    steady, steady_url = _spawn_sim()
+def _path_groups(
+    count: int, primary_origin: str, fallback_origin: str
+) -> tuple[ConvaiSim, list[dict[str, Any]]]:
+    """A started Convai API and `count` groups whose endpoints are paths on two sims (one
+    for every primary, one for every fallback), each group registered on its primary."""
     convai = ConvaiSim(api_keys=[CONVAI_KEY])
     convai.start()
     groups = []
-    for i in range(args.blip_groups):
+    for i in range(count):
         name = f"group-{i:03d}"
-        primary = f"{flaky_url}/g{i}/v1"
+        primary, fallback = f"{primary_origin}/g{i}/v1", f"{fallback_origin}/g{i}/v1"
         convai.seed(name, MODEL, "key", base_url=primary)
         groups.append(
             {
@@ -181,10 +181,19 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 "model_name": MODEL,
                 "endpoints": [
                     {"name": "primary", "base_url": primary, "api_key": "key"},
-                    {"name": "fallback", "base_url": f"{steady_url}/g{i}/v1", "api_key": "key"},
+                    {"name": "fallback", "base_url": fallback, "api_key": "key"},
                 ],
             }
         )
+    return convai, groups
+
+
+async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    # Primaries are paths on one flaky sim, fallbacks paths on a healthy one, both in
+    # their own processes; the daemon under test has the CPU to itself.
+    flaky, flaky_url = _spawn_sim("--flaky", str(args.blip_rate), "--seed", str(args.seed))
+    steady, steady_url = _spawn_sim()
+    convai, groups = _path_groups(args.blip_groups, flaky_url, steady_url)
     data = {
         "convai": {"api_key": CONVAI_KEY, "base_url": convai.base_url, "sync_interval": "1h"},
         "storage": {"url": f"sqlite:///{folder / 'blips.db'}"},
@@ -278,23 +287,7 @@ async def window_scenario(
     while the outage lasts `duration` seconds (a failback into it, then away again)."""
     primaries, primary_url = _spawn_sim()
     fallbacks, fallback_url = _spawn_sim()
-    convai = ConvaiSim(api_keys=[CONVAI_KEY])
-    convai.start()
-    groups = []
-    for i in range(args.runs):
-        name = f"group-{i:03d}"
-        primary = f"{primary_url}/g{i}/v1"
-        convai.seed(name, MODEL, "key", base_url=primary)
-        groups.append(
-            {
-                "model_group_name": name,
-                "model_name": MODEL,
-                "endpoints": [
-                    {"name": "primary", "base_url": primary, "api_key": "key"},
-                    {"name": "fallback", "base_url": f"{fallback_url}/g{i}/v1", "api_key": "key"},
-                ],
-            }
-        )
+    convai, groups = _path_groups(args.runs, primary_url, fallback_url)
     data = {
         "convai": {"api_key": CONVAI_KEY, "base_url": convai.base_url, "sync_interval": "1h"},
         "storage": {"url": f"sqlite:///{folder / 'window.db'}"},
