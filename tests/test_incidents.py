@@ -14,6 +14,7 @@ from monitor.cli import main
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.sim.receiver import AlertReceiver
+from tests.conftest import CONVAI_KEY
 from tests.harness import GROUP, World, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
@@ -115,3 +116,47 @@ async def test_frozen_group_moved_by_an_operator_then_failed_over_home_closes_th
     titles = paged(receiver)
     assert f"[CRITICAL] {GROUP}: flapping; switching frozen" in titles
     assert titles[-1] == f"[RESOLVED] {GROUP}: recovered; resolved"
+
+
+async def test_convai_unreachable_at_start_still_pages_and_is_paged_itself(
+    world: World, receiver: AlertReceiver
+) -> None:
+    """Neither Convai nor the endpoints answer from the start: health and its alerts do
+    not wait for Convai, and Convai unreachable past the grace period is a page of its
+    own, resolved when Convai is reached."""
+    world.extra["convai"] = {
+        "api_key": CONVAI_KEY,
+        "base_url": world.convai.base_url,
+        "timeout": 0.5,
+        "retry_budget": 0.5,
+        "unreachable_grace": 1.0,
+    }
+    world.convai.refuse()
+    for sim in world.sims.values():
+        sim.set(Behaviour.REFUSE)
+    config = world.config()
+    async with running(config):
+        await wait_for(
+            lambda: f"[CRITICAL] {GROUP}: all endpoints down" in paged(receiver),
+            what="all down paged without Convai",
+        )
+        await wait_for(
+            lambda: "[CRITICAL] convai: Convai unreachable; failover impossible" in paged(receiver),
+            what="Convai unreachable paged",
+        )
+        page = next(r for r in receiver.received if "Convai unreachable" in r.title)
+        assert "failover is impossible while Convai cannot be reached" in page.message
+        world.convai.restore()
+        world.sims["a"].set(Behaviour.OK)
+        await wait_for(
+            lambda: "[RESOLVED] convai: Convai reachable again; resolved" in paged(receiver),
+            limit=15,
+            what="Convai resolved",
+        )
+        await wait_for(
+            lambda: f"[RESOLVED] {GROUP}: recovered; resolved" in paged(receiver),
+            limit=15,
+            what="group resolved",
+        )
+    titles = paged(receiver)
+    assert titles.count(f"[CRITICAL] {GROUP}: all endpoints down") == 1  # not again after sync

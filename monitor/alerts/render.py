@@ -35,6 +35,8 @@ HEADLINES = {
     "key_rotation": "endpoint key rotated in Convai",
     "convai_auth_failed": "Convai rejects the monitor's key; no switch possible",
     "convai_auth_ok": "Convai accepts the monitor's key again; resolved",
+    "convai_unreachable": "Convai unreachable; failover impossible",
+    "convai_reachable": "Convai reachable again; resolved",
     "reminder": "still unresolved",
     "test": "test notification",
 }
