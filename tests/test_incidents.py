@@ -185,7 +185,7 @@ async def test_a_failover_page_says_what_broke_where_the_group_is_and_what_to_ru
     async with running(config, config_path=path):
         await settled(world)
         world.sims["a"].set(Behaviour.HTTP_500)
-        await wait_for(lambda: paged(receiver), what="the page")
+        await wait_for(lambda: bool(paged(receiver)), what="the page")
     page = receiver.received[0]
     assert page.title == f"[CRITICAL] {GROUP}: failed over"
     assert "Broken: a: http_5xx HTTP 500 since " in page.message

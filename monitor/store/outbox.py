@@ -172,7 +172,6 @@ class Outbox:
             )
         return written
 
-
     def _reminder_text(self, session: Session, incident: IncidentRow, now: float) -> str:
         """The newest critical alert of the incident (what is broken, where the group is,
         the command), not its first line: an incident's story moves on."""
