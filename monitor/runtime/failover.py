@@ -98,6 +98,7 @@ class Engine:
         """Newly elected: the next tick closes the switches the last leader left open from
         Convai's list, exactly as a restart does, before anything is evaluated."""
         self.syncer.reconciled = False
+        self.syncer.last_attempt = 0.0  # now, not after the retry pause
 
     async def sync(self) -> None:
         if self.ctx.leading():
