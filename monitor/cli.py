@@ -121,7 +121,7 @@ def cmd_status(args: argparse.Namespace) -> int:
         store.close()
     if args.json:
         _json(report)
-        return EXIT_OK
+        return EXIT_OK if report["daemon"]["running"] else EXIT_UNHEALTHY
     rows = []
     for group in report["groups"]:
         for endpoint in group["endpoints"]:
@@ -140,6 +140,8 @@ def cmd_status(args: argparse.Namespace) -> int:
                     fmt_ms(endpoint["latency_ms"]["p95"]),
                 )
             )
+    daemon = report["daemon"]
+    _out(daemon["text"] if daemon["running"] else f"WARNING: {daemon['text']}")
     for group in report["groups"]:
         last = group["last_switch"]
         switched = f", last switch {last['from']} -> {last['to']} at {last['at']}" if last else ""
@@ -174,7 +176,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  last failed delivery: {failure['kind']} for {failure['group']} to "
             f"{failure['target']}: {failure['error']}"
         )
-    return EXIT_OK
+    return EXIT_OK if report["daemon"]["running"] else EXIT_UNHEALTHY
 
 
 def _config_arg(args: argparse.Namespace) -> str:

@@ -132,6 +132,31 @@ def latency_series(
     ]
 
 
+# The daemon writes its heartbeat every 5 s; three missed beats mean it is gone.
+DAEMON_STALE_AFTER = 15.0
+
+
+def daemon_liveness(beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    """Is a daemon running against this database? From its heartbeat row."""
+    if beat is None:
+        return {
+            "running": False,
+            "last_seen": None,
+            "seconds_ago": None,
+            "text": "daemon has never run against this database",
+        }
+    at = float(beat["at"])
+    ago = max(0, round(now - at))
+    running = not beat.get("stopped") and now - at <= DAEMON_STALE_AFTER
+    if running:
+        text = f"daemon running (pid {beat.get('pid')}, last seen {ago} s ago)"
+    elif beat.get("stopped"):
+        text = f"daemon not running (stopped {ago} s ago)"
+    else:
+        text = f"daemon not running (last seen {ago} s ago)"
+    return {"running": running, "last_seen": iso(at), "seconds_ago": ago, "text": text}
+
+
 class State:
     """Reads the state of every configured group from the store, for one `now`."""
 
@@ -264,6 +289,7 @@ class State:
             )
         return {
             "generated_at": iso(now),
+            "daemon": daemon_liveness(self.store.last_beat(), now),
             "groups": groups,
             "unmonitored": unmonitored,
             "alerts": {
@@ -377,6 +403,9 @@ class State:
             return [f"{group_name}: the daemon has not recorded anything about this group yet."]
         health = self.store.health()
         lines = []
+        daemon = daemon_liveness(self.store.last_beat(), now)
+        if not daemon["running"]:
+            lines.append(f"Note: {daemon['text']}; what follows is what it last recorded.")
         active = record.active_endpoint
         primary = group.primary.name
         if active is None:

@@ -211,8 +211,9 @@ def test_run_status_and_sigterm(world: World, capsys: pytest.CaptureFixture[str]
     assert all("timestamp" in line and "level" in line for line in lines)
 
     code, out, _ = run_cli(capsys, "status", "-c", str(path), "--json")
-    assert code == 0
+    assert code == 1  # the daemon was stopped: status says so, and exits 1
     status = json.loads(out)
+    assert status["daemon"]["running"] is False
     group = status["groups"][0]
     assert group["model_group_name"] == GROUP
     assert group["active_endpoint"] == "b"
@@ -232,7 +233,7 @@ def test_run_status_and_sigterm(world: World, capsys: pytest.CaptureFixture[str]
     assert b["latency_ms"]["p95"] >= b["latency_ms"]["p50"]
 
     code, out, _ = run_cli(capsys, "status", "-c", str(path))
-    assert code == 0
+    assert code == 1
     assert "failed_over" in out
     assert "b*" in out
 

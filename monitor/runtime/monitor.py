@@ -9,6 +9,7 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from apscheduler.events import (
@@ -51,6 +52,8 @@ STARTUP_SPREAD = 2.0
 STARTUP_RATE = 40.0
 _LAG_SAMPLES = 10_000
 MISSED_LOG_EVERY = 60.0
+# The same failure of an endpoint already down is logged this often, with a count.
+REPEAT_LOG_EVERY = 60.0
 
 Listener = Callable[[Target, ProbeResult, HealthState, Transition | None], Awaitable[None]]
 
@@ -118,6 +121,8 @@ class Monitor:
         self.jobs = Jobs()
         self._shapes_saved: dict[EndpointKey, ProbeShape] = dict(prober.shapes)
         self._missed_logged_at = -MISSED_LOG_EVERY
+        # endpoint -> (last logged failure's outcome and status, when, repeats since)
+        self._failing: dict[EndpointKey, tuple[tuple[str, int | None], float, int]] = {}
         scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         scheduler.add_listener(self._on_error, EVENT_JOB_ERROR)
@@ -253,13 +258,9 @@ class Monitor:
             http_status=result.http_status,
         )
         if not result.ok:
-            bound.info(
-                "probe_failed",
-                outcome=result.outcome.value,
-                http_status=result.http_status,
-                detail=result.detail,
-                failures=state.failures,
-            )
+            self._log_failure(key, bound, result, state, transition)
+        else:
+            self._failing.pop(key, None)
         if transition is not None:
             event = {Health.UP: "endpoint_up", Health.DOWN: "endpoint_down"}.get(transition.after)
             if event is not None:
@@ -268,6 +269,42 @@ class Monitor:
         for listener in self.listeners:
             await listener(target, result, state, transition)
         return state, transition
+
+    def _log_failure(
+        self,
+        key: EndpointKey,
+        bound: Any,
+        result: ProbeResult,
+        state: HealthState,
+        transition: Transition | None,
+    ) -> None:
+        """A failed probe is logged while it tells something: until the endpoint is down,
+        and when the failure changes. The same failure of an endpoint already down is
+        counted and logged once a minute (a broken standby probed every 2 s would
+        otherwise be most of the log)."""
+        now = time.monotonic()
+        signature = (result.outcome.value, result.http_status)
+        last = self._failing.get(key)
+        if (
+            state.health is Health.DOWN
+            and transition is None
+            and last is not None
+            and last[0] == signature
+            and now - last[1] < REPEAT_LOG_EVERY
+        ):
+            self._failing[key] = (signature, last[1], last[2] + 1)
+            return
+        repeated = last[2] if last is not None and last[0] == signature else 0
+        self._failing[key] = (signature, now, 0)
+        extra = {"repeated": repeated, "over_s": round(now - last[1])} if repeated and last else {}
+        bound.info(
+            "probe_failed",
+            outcome=result.outcome.value,
+            http_status=result.http_status,
+            detail=result.detail,
+            failures=state.failures,
+            **extra,
+        )
 
     # --- scheduler events --------------------------------------------------------------
 
@@ -295,9 +332,27 @@ class Monitor:
                 "probe_runs_missed",
                 job=event.job_id,
                 missed_total=self.counters.missed,
-                hint="probes take longer than their interval: raise interval or max_in_flight",
+                hint=self._missed_hint(event.job_id),
             )
             self._missed_logged_at = now
+
+    def _missed_hint(self, job_id: str) -> str:
+        """Advice by cause: which job was late says why."""
+        if job_id.startswith("probe:"):
+            target = next((t for k, t in self.targets.items() if _job_id(k) == job_id), None)
+            if target is not None and target.policy.timeout >= 0.8 * target.policy.interval:
+                return (
+                    f"probes of {target.group}/{target.endpoint} can take their whole timeout "
+                    f"({target.policy.timeout:g}s) of a {target.policy.interval:g}s interval: "
+                    "lower timeout or raise interval"
+                )
+            return (
+                "probes wait for a free slot or the event loop is busy: raise "
+                "probes.max_in_flight, or probe fewer endpoints per daemon"
+            )
+        if job_id == "sync":
+            return "the sync waits on Convai, which is slow or unreachable (convai_sync_failed)"
+        return "the event loop or the database is busy: see the CPU and disk of this host"
 
     def _on_error(self, event: JobEvent) -> None:
         self.counters.errors += 1

@@ -418,6 +418,17 @@ class Store:
         row = session.get(MetaRow, key)
         return row.value if row else None
 
+    def beat(self, at: float, pid: int, *, stopped: bool = False) -> None:
+        """The daemon's proof of life, read by `status` and `explain` (another process)."""
+        value = json.dumps({"at": at, "pid": pid, "stopped": stopped})
+        with self.session() as session, session.begin():
+            upsert(session, MetaRow, {"key": "heartbeat", "value": value}, ("key",))
+
+    def last_beat(self) -> dict[str, Any] | None:
+        with self.session() as session:
+            value = self._meta(session, "heartbeat")
+        return dict(json.loads(value)) if value else None
+
     def rolled_until(self) -> int:
         with self.session() as session:
             value = self._meta(session, "rolled_until")
