@@ -106,7 +106,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from monitor.app import open_store
     from monitor.report import fmt_ms, fmt_pct, table
-    from monitor.state import State
+    from monitor.state import State, daemon_liveness
 
     config = _config(args)
     store = open_store(config, migrate=False)
@@ -116,12 +116,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "database has no current schema: run `convai-monitor db upgrade -c FILE` "
                 "or start the daemon once"
             )
-        report = State(config, store, _config_arg(args)).status(time.time())
+        now = time.time()
+        report = State(config, store, _config_arg(args)).status(now)
+        daemon = daemon_liveness(store.last_beat(), now)
     finally:
         store.close()
     if args.json:
         _json(report)
-        return EXIT_OK if report["daemon"]["running"] else EXIT_UNHEALTHY
+        return EXIT_OK if daemon["running"] else EXIT_UNHEALTHY
     rows = []
     for group in report["groups"]:
         for endpoint in group["endpoints"]:
@@ -140,7 +142,6 @@ def cmd_status(args: argparse.Namespace) -> int:
                     fmt_ms(endpoint["latency_ms"]["p95"]),
                 )
             )
-    daemon = report["daemon"]
     _out(daemon["text"] if daemon["running"] else f"WARNING: {daemon['text']}")
     for group in report["groups"]:
         last = group["last_switch"]
@@ -176,7 +177,7 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  last failed delivery: {failure['kind']} for {failure['group']} to "
             f"{failure['target']}: {failure['error']}"
         )
-    return EXIT_OK if report["daemon"]["running"] else EXIT_UNHEALTHY
+    return EXIT_OK if daemon["running"] else EXIT_UNHEALTHY
 
 
 def _config_arg(args: argparse.Namespace) -> str:

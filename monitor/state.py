@@ -142,6 +142,7 @@ def daemon_liveness(beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
         return {
             "running": False,
             "last_seen": None,
+            "stopped": False,
             "seconds_ago": None,
             "text": "daemon has never run against this database",
         }
@@ -154,7 +155,13 @@ def daemon_liveness(beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
         text = f"daemon not running (stopped {ago} s ago)"
     else:
         text = f"daemon not running (last seen {ago} s ago)"
-    return {"running": running, "last_seen": iso(at), "seconds_ago": ago, "text": text}
+    return {
+        "running": running,
+        "last_seen": iso(at),
+        "stopped": bool(beat.get("stopped")),
+        "seconds_ago": ago,
+        "text": text,
+    }
 
 
 class State:
@@ -289,7 +296,13 @@ class State:
             )
         return {
             "generated_at": iso(now),
-            "daemon": daemon_liveness(self.store.last_beat(), now),
+            # What stays the same between two reads of one heartbeat (the page and
+            # `status --json` agree); "N s ago" is for people and is worded by the caller.
+            "daemon": {
+                k: v
+                for k, v in daemon_liveness(self.store.last_beat(), now).items()
+                if k in ("running", "last_seen", "stopped")
+            },
             "groups": groups,
             "unmonitored": unmonitored,
             "alerts": {
