@@ -388,6 +388,28 @@ class Store:
                         ("endpoint_id", "vantage"),
                     )
 
+    def latencies(self, since: float) -> dict[EndpointKey, list[tuple[float, float]]]:
+        """(at, latency_ms) of every successful probe since `since`, per endpoint: what an
+        endpoint's learned deadline starts from after a restart. This instance's own probes
+        only: another vantage's network path says nothing about ours."""
+        query = (
+            select(EndpointRow.group_name, EndpointRow.name, ResultRow.at, ResultRow.latency_ms)
+            .join(EndpointRow, EndpointRow.id == ResultRow.endpoint_id)
+            .where(
+                ResultRow.at >= since,
+                ResultRow.ok.is_(True),
+                ResultRow.latency_ms.is_not(None),
+            )
+        )
+        if self.vantage is not None:
+            query = query.where(ResultRow.vantage == self.vantage)
+        out: dict[EndpointKey, list[tuple[float, float]]] = {}
+        with self.session() as session:
+            for group, name, at, latency in session.execute(query):
+                if latency is not None:
+                    out.setdefault((group, name), []).append((at, latency))
+        return out
+
     def last_probe(self, endpoint_id: int) -> LastProbe | None:
         with self.session() as session:
             row = session.scalars(
