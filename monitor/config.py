@@ -205,6 +205,9 @@ class EndpointConfig(Strict):
     base_url: Url
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
+    # What the provider charges per 1,000 tokens (any currency): probes' tokens become money
+    # in status. Unset: tokens only.
+    price_per_1k_tokens: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _one_key(self) -> EndpointConfig:
