@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,53 +17,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.app import open_store
 from monitor.cli import main
 from monitor.config import load_config
-from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import EndpointSim
-from monitor.store import Store
 from tests.harness import GROUP, World, cli_json, make_world, running, wait_for
 
 Factory = Callable[..., EndpointSim]
 NOW = 1_800_000_000.0
 HOUR = 3600
-
-
-@pytest.fixture
-def store(db_url: str) -> Iterator[Store]:
-    s = Store(db_url)
-    s.migrate()
-    yield s
-    s.close()
-
-
-def spent(at: float, prompt: int | None, completion: int | None) -> ProbeResult:
-    return ProbeResult(at, "g", "a", Outcome.OK, 50.0, 200, None, prompt, completion)
-
-
-def test_tokens_survive_the_rollup_and_the_pruning(store: Store) -> None:
-    eid = store.sync_endpoints([("g", "a", "http://x/v1")])[("g", "a")]
-    # Two days of a probe a minute at 12 + 2 tokens; an endpoint that reports no usage
-    # now and then (None) counts as zero, not as an error.
-    rows = [
-        (eid, spent(NOW - 2 * 86400 + 60 * i, None if i % 50 == 0 else 12, 2))
-        for i in range(2 * 24 * 60)
-    ]
-    store.save(rows, {})
-    raw = store.usage(eid, NOW - 86400, NOW)
-    in_day = [r for _, r in rows if r.at >= NOW - 86400]
-    assert raw.probes == len(in_day)
-    assert raw.prompt_tokens == sum(r.prompt_tokens or 0 for r in in_day)
-    assert raw.completion_tokens == 2 * len(in_day)
-    store.rollup(NOW)
-    store.prune(NOW, retention=HOUR, rollup_retention=30 * 86400)
-    after = store.usage(eid, NOW - 86400, NOW)
-    # From the rollups now, at whole hours: the hour the day starts in is counted whole.
-    start_hour = int((NOW - 86400) // HOUR) * HOUR
-    expected = [r for _, r in rows if r.at >= start_hour]
-    assert after.probes == len(expected)
-    assert after.tokens == sum((r.prompt_tokens or 0) + 2 for r in expected)
-    everything = store.usage(eid, 0, NOW)
-    assert everything.tokens == sum((r.prompt_tokens or 0) + 2 for _, r in rows)
 
 
 @pytest.fixture
