@@ -128,6 +128,8 @@ class Monitor:
         self.latencies: dict[EndpointKey, LatencyWindow] = {}
         # Requests failed at their deadline and still waiting for a late answer.
         self._late: set[asyncio.Task[None]] = set()
+        # The one request per endpoint still waiting past its deadline (see probe()).
+        self._pending: dict[EndpointKey, asyncio.Task[ProbeResult]] = {}
         scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         scheduler.add_listener(self._on_error, EVENT_JOB_ERROR)
@@ -233,13 +235,29 @@ class Monitor:
         result, pending = await self.prober.probe_within(target, limit)
         await self.observe(target, result)
         if pending is not None:
+            key = (target.group, target.endpoint)
+            older = self._pending.pop(key, None)
+            if older is not None:
+                # At most one late request per endpoint: each holds a probe slot until
+                # `timeout`, and a few hanging endpoints would otherwise fill every slot
+                # and delay the probes of all the others. The newest one is as likely to
+                # be answered as the older.
+                older.cancel()
+            self._pending[key] = pending
             task = asyncio.create_task(self._late_answer(target, pending), name="late-answer")
             self._late.add(task)
             task.add_done_callback(self._late.discard)
         return result
 
     async def _late_answer(self, target: Target, pending: asyncio.Task[ProbeResult]) -> None:
-        result = await pending
+        key = (target.group, target.endpoint)
+        try:
+            result = await pending
+        except asyncio.CancelledError:
+            return  # a newer request of this endpoint took its place, or shutdown
+        finally:
+            if self._pending.get(key) is pending:
+                del self._pending[key]
         if late_verdict(result.outcome) is not Verdict.PASS:
             return  # already failed as a timeout at the deadline
         log.info(
@@ -360,6 +378,6 @@ class Monitor:
         """Wait for probes in flight to finish (bounded), then cancel the rest."""
         await self.jobs.drain(grace)
         # Requests already failed at their deadline: nobody needs their answer now.
-        for task in list(self._late):
+        for task in [*self._late, *self._pending.values()]:
             task.cancel()
         await asyncio.gather(*self._late, return_exceptions=True)
