@@ -67,8 +67,9 @@ async def test_status_and_metrics_show_what_probes_cost(world: World) -> None:
         assert usage["tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
         assert usage["probes"] >= 2
         assert usage["tokens_per_month"] == 30 * tokens
-        # The counter saw every probe the store did (up to the moment it was read).
-        assert 0 < exported[(name, "prompt")] + exported[(name, "completion")] <= tokens
+        # The counter is fed by the same probes (read while running, so not the same total).
+        assert exported[(name, "prompt")] > 0
+        assert exported[(name, "completion")] > 0
     a, b = endpoints["a"]["usage_24h"], endpoints["b"]["usage_24h"]
     assert a["cost_per_month"] == round(a["tokens_per_month"] / 1000 * 0.5, 2)
     assert a["cost"] == round(a["tokens"] / 1000 * 0.5, 4)
