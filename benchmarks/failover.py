@@ -96,6 +96,29 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
 
 
+async def _landed(
+    convai: ConvaiSim, groups: int, until: float, landed: dict[str, float]
+) -> dict[str, float]:
+    """Fill `landed` with each group's first successful update time (monotonic) until every
+    one of `groups` has switched or `until` passes."""
+    while len(landed) < groups and time.monotonic() < until:
+        for call in convai.calls_of("update"):
+            group = call.body.get("model_group_name")
+            if call.status == 200 and isinstance(group, str) and group not in landed:
+                landed[group] = call.at
+        await asyncio.sleep(0.05)
+    return landed
+
+
+def _spread(times: list[float]) -> dict[str, float | None]:
+    return {
+        "p50": round(statistics.median(times), 3) if times else None,
+        "p95": round(_pct(times, 95), 3) if times else None,
+        "max": round(max(times), 3) if times else None,
+        "min": round(min(times), 3) if times else None,
+    }
+
+
 async def outages(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     convai, sims = _world(args.outages)
     path = _config(
@@ -128,14 +151,7 @@ async def outages(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             died[f"group-{index:03d}"] = time.monotonic()
 
         await asyncio.gather(*(kill(i) for i in range(len(sims))))
-        deadline = time.monotonic() + args.interval * 4 + 30
-        landed: dict[str, float] = {}
-        while len(landed) < len(sims) and time.monotonic() < deadline:
-            for call in convai.calls_of("update"):
-                group = call.body.get("model_group_name")
-                if call.status == 200 and isinstance(group, str) and group not in landed:
-                    landed[group] = call.at
-            await asyncio.sleep(0.05)
+        landed = await _landed(convai, len(sims), time.monotonic() + args.interval * 4 + 30, {})
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 30)
@@ -146,12 +162,7 @@ async def outages(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "outages": len(died),
         "switched": len(times),
         "mode": args.mode,
-        "detection_to_switch_s": {
-            "p50": round(statistics.median(times), 3) if times else None,
-            "p95": round(_pct(times, 95), 3) if times else None,
-            "max": round(max(times), 3) if times else None,
-            "min": round(min(times), 3) if times else None,
-        },
+        "detection_to_switch_s": _spread(times),
     }
 
 
@@ -386,12 +397,7 @@ async def process_outages(args: argparse.Namespace, folder: Path) -> dict[str, A
 
         await asyncio.gather(*(kill(i) for i in range(len(procs))))
         until = time.monotonic() + args.interval * 4 + timeout * 5 + 30
-        while len(landed) < len(procs) and time.monotonic() < until:
-            for call in convai.calls_of("update"):
-                name = call.body.get("model_group_name")
-                if call.status == 200 and isinstance(name, str) and name not in landed:
-                    landed[name] = call.at
-            await asyncio.sleep(0.05)
+        await _landed(convai, len(procs), until, landed)
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 60)
@@ -409,12 +415,7 @@ async def process_outages(args: argparse.Namespace, folder: Path) -> dict[str, A
         "mode": args.mode,
         "timeout": timeout,
         "seeded_probes": seeded,
-        "detection_to_switch_s": {
-            "p50": round(statistics.median(times), 3) if times else None,
-            "p95": round(_pct(times, 95), 3) if times else None,
-            "max": round(max(times), 3) if times else None,
-            "min": round(min(times), 3) if times else None,
-        },
+        "detection_to_switch_s": _spread(times),
     }
 
 
