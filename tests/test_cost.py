@@ -57,7 +57,10 @@ async def test_status_and_metrics_show_what_probes_cost(world: World) -> None:
         }
         counted = daemon.monitor.counters.probes if daemon.monitor else 0
         assert counted > 0
-    status: dict[str, Any] = await asyncio.to_thread(cli_json, "status", "-c", str(path))
+    # Exit 1: the daemon has stopped (status says so); the report is whole.
+    status: dict[str, Any] = await asyncio.to_thread(
+        lambda: cli_json("status", "-c", str(path), codes=(0, 1))
+    )
     endpoints = {e["name"]: e for e in status["groups"][0]["endpoints"]}
     for name in ("a", "b"):
         usage = endpoints[name]["usage_24h"]
@@ -77,7 +80,8 @@ async def test_status_and_metrics_show_what_probes_cost(world: World) -> None:
     assert b["cost_per_month"] is None
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
-        assert await asyncio.to_thread(main, ["status", "-c", str(path)]) == 0
+        # 1: the daemon has stopped; the table is printed all the same.
+        assert await asyncio.to_thread(main, ["status", "-c", str(path)]) == 1
     lines = out.getvalue().splitlines()
     header = next(line for line in lines if "TOKENS/MONTH" in line)
     assert "COST/MONTH" in header
