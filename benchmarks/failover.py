@@ -266,25 +266,29 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blip-interval", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-blips", action="store_true")
+    parser.add_argument("--skip-outages", action="store_true")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--log-level", default="error")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     results: dict[str, Any] = {}
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "o").mkdir()
-        results["outages"] = run_loop(outages(args, Path(tmp) / "o"))
+        if not args.skip_outages:
+            (Path(tmp) / "o").mkdir()
+            results["outages"] = run_loop(outages(args, Path(tmp) / "o"))
         if not args.skip_blips:
             (Path(tmp) / "b").mkdir()
             results["blips"] = run_loop(blips(args, Path(tmp) / "b"))
-    o = results["outages"]
-    d = o["detection_to_switch_s"]
-    print(
-        f"outages ({o['mode']}, interval {args.interval:g}s, fast {args.fast_interval:g}s, "
-        f"fall {args.fall}): {o['switched']}/{o['outages']} switched; detection-to-switch "
-        f"p50 {d['p50']}s p95 {d['p95']}s (min {d['min']}s, max {d['max']}s)"
-        f"  [target p95 < 13s: {'met' if d['p95'] is not None and d['p95'] < 13 else 'NOT met'}]"
-    )
+    if "outages" in results:
+        o = results["outages"]
+        d = o["detection_to_switch_s"]
+        met = d["p95"] is not None and d["p95"] < 13
+        print(
+            f"outages ({o['mode']}, interval {args.interval:g}s, fast {args.fast_interval:g}s, "
+            f"fall {args.fall}): {o['switched']}/{o['outages']} switched; detection-to-switch "
+            f"p50 {d['p50']}s p95 {d['p95']}s (min {d['min']}s, max {d['max']}s)"
+            f"  [target p95 < 13s: {'met' if met else 'NOT met'}]"
+        )
     if "blips" in results:
         b = results["blips"]
         print(

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 import os
 import socket
@@ -18,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 from monitor.app import Daemon, open_store
-from monitor.cli import main
 from monitor.config import Config, load_config
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
@@ -44,12 +41,18 @@ def free_port() -> int:
 
 
 def cli_json(*argv: str) -> Any:
-    """What `convai-monitor ARGV --json` prints, run in-process as a user would run it
-    (from async code, call it through asyncio.to_thread: the CLI runs its own loop)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main([*argv, "--json"]) == 0
-    return json.loads(out.getvalue())
+    """What `convai-monitor ARGV --json` prints. In its own process, as a user runs it:
+    in-process, a daemon running in the test would print into the same stdout (from
+    async code, call it through asyncio.to_thread)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", *argv, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
 
 
 @contextmanager
