@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint typecheck bench clean postgres-bin
+.PHONY: demo test lint typecheck bench clean browser postgres-bin
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -26,7 +26,22 @@ postgres-bin:
 	  else echo "PostgreSQL server binaries (initdb) are missing: install the postgresql package" >&2; exit 1; fi; \
 	fi
 
-test: $(STAMP) postgres-bin
+# The status page is tested in Debian's chromium (headless, through chromedriver). As root
+# the packages are installed when missing (the package lists refreshed only if no other
+# step did so in the last hour); otherwise the browser test fails and says what to install.
+browser:
+	@if [ -x /usr/bin/chromium ] && [ -x /usr/bin/chromedriver ]; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  if [ -z "$$(find /var/lib/apt/lists -name '*Packages*' -mmin -60 2>/dev/null | head -1)" ]; then \
+	    apt-get update -q; \
+	  fi; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else \
+	  echo "chromium and chromium-driver are missing and this is not root:" \
+	    "run 'sudo apt-get install chromium chromium-driver' or the browser test fails" >&2; \
+	fi
+
+test: $(STAMP) postgres-bin browser
 	$(BIN)/ruff check monitor tests benchmarks migrations
 	$(BIN)/ruff format --check monitor tests benchmarks migrations
 	$(BIN)/mypy

@@ -80,6 +80,8 @@ svg.latency line{stroke:var(--line);stroke-dasharray:3 3}
 .charts{display:grid;grid-template-columns:1fr;gap:10px;margin-top:8px}
 @media (min-width:760px){.charts{grid-template-columns:1fr 1fr;gap:22px}}
 .empty{color:var(--muted);font-size:13px;padding:8px 0}
+.caption{color:var(--muted);font-size:12px;text-transform:uppercase;letter-spacing:.04em;
+margin-bottom:4px}
 ol.timeline{list-style:none;margin:8px 0 0;padding:0}
 ol.timeline li{border-top:1px solid var(--line);padding:8px 0;display:grid;
 grid-template-columns:auto 1fr;gap:2px 10px}
@@ -238,7 +240,8 @@ def _endpoint(group: dict[str, Any], endpoint: dict[str, Any], now: float) -> st
     else:
         result = "ok" if last["ok"] else last["outcome"]
         extra = f", HTTP {last['http_status']}" if last["http_status"] and not last["ok"] else ""
-        probe = f"{result} in {_ms(last['latency_ms'])}{extra}, {_ago(last['at'], now)}"
+        took = f" in {_ms(last['latency_ms'])}" if last["latency_ms"] is not None else ""
+        probe = f"{result}{took}{extra}, {_ago(last['at'], now)}"
         if last["detail"] and not last["ok"]:
             probe += f": {last['detail']}"
     since = f" for {_ago(endpoint['health_since'], now)[:-4]}" if endpoint["health_since"] else ""
@@ -254,8 +257,10 @@ def _endpoint(group: dict[str, Any], endpoint: dict[str, Any], now: float) -> st
         f'<div class="facts"><code>{_t(endpoint["base_url"])}</code></div>'
         f'<div class="facts">last probe: {_t(probe)}</div>'
         f'<div class="uptime">{uptime}</div>'
-        f'<div class="charts"><div>{days_bar(endpoint["days"])}</div>'
-        f"<div>{latency_chart(endpoint['latency'], now)}</div></div>"
+        f'<div class="charts"><div><div class="caption">uptime per day</div>'
+        f"{days_bar(endpoint['days'])}</div>"
+        f'<div><div class="caption">latency, last 24 hours</div>'
+        f"{latency_chart(endpoint['latency'], now)}</div></div>"
         "</div>"
     )
 

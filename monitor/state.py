@@ -99,7 +99,7 @@ def daily_uptime(hours: Sequence[Bucket], now: float, days: int) -> list[DayUpti
 # the hourly rollups, aiming at this many points over the chart, but never finer than
 # MIN_STEP nor coarser than MAX_STEP: a daemon started minutes ago still gets a line.
 TAIL_POINTS = 48
-MIN_STEP, MAX_STEP = 2.0, 300.0
+MIN_STEP, MAX_STEP = 1.0, 300.0
 
 
 def latency_series(

@@ -78,7 +78,7 @@ def test_latency_series_hourly_then_finer() -> None:
 
 @pytest.mark.parametrize(
     ("age", "step"),
-    [(10.0, 2.0), (600.0, 12.5), (5 * HOUR, 300.0)],
+    [(10.0, 1.0), (600.0, 12.5), (5 * HOUR, 300.0)],
 )
 def test_latency_series_of_a_young_daemon_fills_the_chart(age: float, step: float) -> None:
     """A daemon started `age` ago, nothing rolled up: points `step` apart, never just one."""
