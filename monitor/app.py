@@ -97,7 +97,9 @@ async def check(config: Config, group: str | None = None) -> list[ProbeResult]:
     targets = await resolve_targets(config)
     if group is not None:
         targets = [t for t in targets if t.group == group]
-    prober = ChatProber(config.probes.max_in_flight, config.probes.max_body_bytes)
+    prober = ChatProber(
+        config.probes.max_in_flight, config.probes.max_body_bytes, config.instance.name
+    )
     try:
         return list(await asyncio.gather(*(prober.probe(t) for t in targets)))
     finally:
@@ -114,7 +116,7 @@ def switch_log(
 
 
 def open_store(config: Config, migrate: bool = True) -> Store:
-    store = Store(config.storage.url)
+    store = Store(config.storage.url, config.instance.name)
     if migrate:
         store.migrate()
     return store
@@ -184,7 +186,11 @@ class Daemon:
             with suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, handler)
         convai = convai_client(self.config, self.metrics)
-        prober = ChatProber(self.config.probes.max_in_flight, self.config.probes.max_body_bytes)
+        prober = ChatProber(
+            self.config.probes.max_in_flight,
+            self.config.probes.max_body_bytes,
+            self.config.instance.name,
+        )
         recorder = Recorder(self.store)
         try:
             await self._start(convai, prober, recorder)
@@ -207,7 +213,7 @@ class Daemon:
         ids = await recorder.call(
             store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
         )
-        states = await recorder.call(store.health)
+        states = await recorder.call(store.own_health)
         # Probe shapes learnt before a restart: a reasoning model is asked right at once.
         for key, shape in (await recorder.call(store.probe_shapes)).items():
             prober.shapes[key] = ProbeShape.from_dict(shape)
@@ -407,7 +413,7 @@ class Daemon:
         ids = await monitor.recorder.call(
             self.store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
         )
-        states = await monitor.recorder.call(self.store.health)
+        states = await monitor.recorder.call(self.store.own_health)
         changes = retarget(monitor, targets, ids, states)
         self.config = config
         engine.config = config

@@ -10,6 +10,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import re
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +249,23 @@ class ProbeLimits(Strict):
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
 
 
+def _host_name() -> str:
+    # The host name names the vantage unless the config does; cut to a valid name.
+    name = re.sub(r"[^A-Za-z0-9._-]", "-", socket.gethostname()).strip(".-_")
+    return name[:100] or "convai-monitor"
+
+
+class InstanceConfig(Strict):
+    # This copy's name: the vantage its probe results are stored under, the holder of the
+    # leader lease, and part of the probe's User-Agent. Unique per instance.
+    name: str = Field(
+        default_factory=_host_name,
+        min_length=1,
+        max_length=100,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]*$",
+    )
+
+
 class ServerAuth(Strict):
     """Basic auth in front of the status page and its API (never the health checks)."""
 
@@ -333,6 +351,7 @@ class Config(Strict):
     groups: list[GroupConfig] = Field(min_length=1)
     alerts: AlertsConfig = AlertsConfig()
     server: ServerConfig = ServerConfig()
+    instance: InstanceConfig = InstanceConfig()
 
     @model_validator(mode="after")
     def _unique_target_names(self) -> Config:

@@ -8,6 +8,7 @@ real alert targets, and alerts marked as a drill. Neither touches the real Conva
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 import time
 from collections.abc import Callable
@@ -378,8 +379,11 @@ PLAY_COMMANDS = {
 
 async def _keep_running(world: World, out: TextIO) -> None:
     """Leave the world up with a calmer config, and let the user break things."""
-    data = demo_config(world, world.folder / "play.db")
+    # The demo's own database: the page opens on the outage that was just played.
+    data = demo_config(world, world.folder / "demo.db")
     data["defaults"] = dict(PLAY_POLICY)
+    page = f"http://127.0.0.1:{_free_port()}/"
+    data["server"] = {"listen": page.removeprefix("http://").rstrip("/")}
     path = world.folder / "play.yaml"
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     print(file=out)
@@ -389,6 +393,7 @@ async def _keep_running(world: World, out: TextIO) -> None:
     print(f"  convai-monitor history -c {path}", file=out)
     print(f"  convai-monitor failover -c {path} {world.group} --to openai", file=out)
     print(file=out)
+    print(f"  {'status page':<17}{page}  (while the daemon runs)", file=out)
     print(f"  {'Convai API':<17}{world.convai.base_url}  (key {DEMO_CONVAI_KEY})", file=out)
     for name, sim in world.endpoints.items():
         print(f"  {'endpoint ' + name:<17}{sim.base_url}", file=out)
@@ -407,6 +412,12 @@ async def _keep_running(world: World, out: TextIO) -> None:
             continue
         world.endpoints[words[1]].set(PLAY_COMMANDS[words[0]])
         print(f"  {words[1]}: {PLAY_COMMANDS[words[0]].value}", file=out, flush=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
 
 
 def drill_config(config: Config, group_name: str, world: World, db: Path) -> Config:

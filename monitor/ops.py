@@ -106,7 +106,7 @@ async def manual_failover(
     targets = {
         t.endpoint: t for t in build_targets(config, {group_name: model}) if t.group == group_name
     }
-    prober = ChatProber(1, config.probes.max_body_bytes)
+    prober = ChatProber(1, config.probes.max_body_bytes, config.instance.name)
     try:
 
         async def probe(target: Any) -> ProbeResult:

@@ -38,10 +38,10 @@ WARN_KINDS = {"drift", "endpoint_down", "pinned", "held", "dry_run", "preflight_
 CSS = """
 :root{--bg:#f6f7f9;--card:#fff;--fg:#1b1f24;--muted:#5d6773;--line:#dde1e6;
 --ok:#1f9d55;--ok2:#7cc68f;--warn:#d08700;--bad:#d93a3a;--info:#3b6fd4;--none:#c9ced6;
---p50:#3b6fd4;--p95:#9aa9c9}
+--p50:#3b6fd4;--p95:#b061d6}
 @media (prefers-color-scheme:dark){:root{--bg:#0f1216;--card:#181c22;--fg:#e6e9ee;
 --muted:#9aa3ad;--line:#2a3039;--ok:#34c46d;--ok2:#2c7a47;--warn:#e0a030;--bad:#f05252;
---info:#6b9bff;--none:#39414c;--p50:#6b9bff;--p95:#4a5a7d}}
+--info:#6b9bff;--none:#39414c;--p50:#6b9bff;--p95:#c98ff0}}
 *{box-sizing:border-box}
 body{margin:0;background:var(--bg);color:var(--fg);
 font:15px/1.45 system-ui,-apple-system,"Segoe UI",Roboto,sans-serif}
@@ -67,7 +67,7 @@ color:var(--muted)}
 .uptime{display:flex;gap:16px;margin:6px 0;flex-wrap:wrap}
 .uptime span{font-variant-numeric:tabular-nums}.uptime b{font-size:16px}
 svg{display:block;width:100%}
-svg.days{height:30px}
+svg.days{height:34px}
 svg.days rect:hover{opacity:.7}
 .axis{display:flex;justify-content:space-between;color:var(--muted);font-size:12px}
 .legend{display:flex;gap:14px;font-size:12px;color:var(--muted);margin-top:8px}

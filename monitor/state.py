@@ -306,24 +306,36 @@ class State:
                 ]
         events = self.switches.history(None, now - since)
         timeline = [{**event_dict(e), "source": "event"} for e in events]
-        timeline += [
+        timeline += self._deliveries(now - since)
+        timeline.sort(key=lambda e: e["at"] or "", reverse=True)
+        status["timeline"] = timeline
+        status["timeline_since"] = iso(now - since)
+        return status
+
+    def _deliveries(self, since: float) -> list[dict[str, Any]]:
+        """Finished alerts for the timeline: one entry per event for those delivered (to
+        every target it went to), one per target for those that failed, with the error."""
+        merged: dict[tuple[Any, ...], dict[str, Any]] = {}
+        for d in Deliveries(self.store).finished(since, self._target_names()):
+            delivered = d["status"] == "delivered" and d["event"] is not None
+            key = ("event", d["event"]) if delivered else ("row", d["id"])
+            entry = merged.setdefault(key, {**d, "targets": []})
+            entry["targets"].append(d["target"])
+            entry["at"] = max(entry["at"], d["at"])
+        return [
             {
                 "at": iso(d["at"]),
                 "model_group_name": d["group"],
                 "kind": "alert_" + d["status"],
-                "message": f"alert about {d['kind']} {d['status']} to {d['target']}"
+                "message": f"alert about {d['kind']} {d['status']} to {', '.join(d['targets'])}"
                 + (f" after {d['attempts']} attempts: {d['error']}" if d["error"] else ""),
                 "transaction_id": None,
                 "detection_to_switch_s": None,
                 "details": None,
                 "source": "alert",
             }
-            for d in Deliveries(self.store).finished(now - since, self._target_names())
+            for d in merged.values()
         ]
-        timeline.sort(key=lambda e: e["at"] or "", reverse=True)
-        status["timeline"] = timeline
-        status["timeline_since"] = iso(now - since)
-        return status
 
     def _target_names(self) -> dict[str, str]:
         from monitor.alerts.targets import target_names

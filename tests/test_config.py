@@ -265,3 +265,18 @@ def test_readme_configuration_example_validates(tmp_path: Path) -> None:
     example = example.replace("/run/secrets/openai", str(tmp_path / "openai"))
     config = parse_config(example, env={"CONVAI_API_KEY": "k-1234567", "VLLM_API_KEY": "k-7654"})
     assert [e.name for e in config.groups[0].endpoints] == ["vllm", "openai"]
+
+
+def test_instance_name_defaults_to_the_host_name() -> None:
+    import socket
+
+    config = parse_config(GOOD, env=ENV)
+    assert config.instance.name == socket.gethostname()[:100]
+    named = parse_config(GOOD + "instance:\n  name: probe-east-1\n", env=ENV)
+    assert named.instance.name == "probe-east-1"
+
+
+def test_instance_name_must_be_a_plain_name() -> None:
+    found = problems(GOOD + "instance:\n  name: 'east coast'\n")
+    assert len(found) == 1
+    assert found[0].startswith("instance.name: ")

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 from monitor.cli import main
@@ -98,3 +101,53 @@ def test_drill_needs_a_fallback(tmp_path: Path, capsys: pytest.CaptureFixture[st
     )
     assert code == 2
     assert "nothing to fail over to" in capsys.readouterr().err
+
+
+def test_keep_running_prints_the_status_page_that_shows_the_outage(tmp_path: Path) -> None:
+    """`demo --keep-running` names the page's URL; the daemon run on play.yaml serves it,
+    opening on the outage the demo just played."""
+    with subprocess.Popen(
+        [sys.executable, "-m", "monitor", "demo", "--keep-running", "--dir", str(tmp_path)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    ) as demo:
+        assert demo.stdin is not None
+        assert demo.stdout is not None
+        try:
+            url = None
+            for line in demo.stdout:  # the demo's story, then what to do next
+                match = re.match(r"\s+status page\s+(http://127\.0\.0\.1:\d+/)", line)
+                if match:
+                    url = match.group(1)
+                    break
+            assert url is not None, "demo --keep-running printed no status page URL"
+            page = _page_from_play_daemon(tmp_path / "play.yaml", url)
+        finally:
+            demo.stdin.write("quit\n")
+            demo.stdin.flush()
+            demo.wait(timeout=15)
+    assert page.status_code == 200
+    assert 'data-group="demo-turbo"' in page.text
+    kinds = re.findall(r'data-kind="([a-z_]+)"', page.text)
+    assert {"failover", "failback"} <= set(kinds)
+
+
+def _page_from_play_daemon(config: Path, url: str) -> httpx.Response:
+    with subprocess.Popen(
+        [sys.executable, "-m", "monitor", "run", "-c", str(config)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    ) as daemon:
+        try:
+            deadline = time.monotonic() + 20
+            while time.monotonic() < deadline:
+                try:
+                    return httpx.get(url, timeout=2, trust_env=False)
+                except httpx.HTTPError:
+                    time.sleep(0.2)
+            raise AssertionError(f"nothing served {url}")
+        finally:
+            daemon.terminate()
+            daemon.wait(timeout=15)

@@ -9,10 +9,13 @@ from pathlib import Path
 
 import pytest
 
+from monitor import __version__
 from monitor.cli import main
 from monitor.config import ConfigError, parse_config
+from monitor.domain.health import Health
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour
+from monitor.store import Store
 from tests.conftest import CONVAI_KEY
 from tests.harness import World, make_world, running, settled, wait_for
 from tests.test_failover_e2e import Factory
@@ -44,7 +47,7 @@ def world(tmp_path: Path, convai: ConvaiSim, endpoints: Factory, pg_url: str) ->
     # The password is taken from the environment, as an operator would write it; the
     # test server trusts loopback, so any password gets in.
     with_password = pg_url.replace("monitor@", "monitor:${PGPASSWORD}@")
-    w.extra = {"storage": {"url": with_password}}
+    w.extra = {"storage": {"url": with_password}, "instance": {"name": "probe-east"}}
     return w
 
 
@@ -108,6 +111,16 @@ async def test_daemon_on_postgres_fails_over_and_never_shows_the_password(
             what="failover on PostgreSQL",
         )
     assert world.updates() == 1
+    # Each endpoint's own log shows who probed, and every result is stored as this
+    # instance's view.
+    request = world.sims["b"].last_request
+    assert request is not None
+    assert request["headers"]["user-agent"] == f"convai-monitor/{__version__} (instance probe-east)"
+    store = Store(config.storage.url)
+    views = store.vantage_health()
+    store.close()
+    assert set(views[("my-turbo", "a")]) == {"probe-east"}
+    assert views[("my-turbo", "a")]["probe-east"].health is Health.DOWN
     outputs = []
     for argv in (("status", "--json"), ("history",), ("explain", "my-turbo")):
         code, out, err = run_cli(capsys, *argv, "-c", str(path))

@@ -187,3 +187,27 @@ def test_timeline_is_newest_first_with_events_and_alert_deliveries(
     assert "targets[0] (json://...)" in timeline[0]["message"]
     assert "HTTP 503" in timeline[0]["message"]
     assert "Zq81Xc0aSecret" not in repr(timeline)
+
+
+def test_an_alert_delivered_to_several_targets_is_one_timeline_entry(
+    tmp_path: Path, store: Store
+) -> None:
+    urls = ["json://127.0.0.1:9/oncall", "json://127.0.0.1:9/pager"]
+    config = _config(
+        tmp_path, "http://127.0.0.1:9/v1", alerts={"targets": [{"url": u} for u in urls]}
+    )
+    log = SwitchLog(store, Outbox([Route(target_id(u), Severity.INFO) for u in urls]))
+    log.record("g", "all_down", "every endpoint of g is down", NOW - 100)
+    deliveries = Deliveries(store)
+    for i, due in enumerate(deliveries.due(NOW)):
+        deliveries.attempted(
+            due.id, ok=True, error=None, elapsed_ms=5, at=NOW - 90 + i, retry_at=None
+        )
+    timeline = State(config, store).page(NOW)["timeline"]
+    assert [(e["kind"], e["at"]) for e in timeline] == [
+        ("alert_delivered", iso(NOW - 89)),
+        ("all_down", iso(NOW - 100)),
+    ]
+    assert timeline[0]["message"] == (
+        "alert about all_down delivered to targets[0] (json://...), targets[1] (json://...)"
+    )

@@ -9,12 +9,13 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-from sqlalchemy import text
+from sqlalchemy import select, text
 
 from monitor.domain.health import Health, HealthState
 from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.store import Store
 from monitor.store.switching import SwitchLog, SwitchRecord
+from monitor.store.tables import ResultRow
 
 HOUR = 3600.0
 NOW = 1_800_000_000.0  # a fixed "now" on an hour boundary plus change
@@ -239,4 +240,27 @@ def test_instances_racing_for_one_switch_write_one_intent(pg_url: str) -> None:
     assert len(won) == 1
     assert len(SwitchLog(stores[0]).open_intents("g")) == 1
     for s in stores:
+        s.close()
+
+
+def test_each_vantage_keeps_its_own_view(db_url: str) -> None:
+    east, west, reader = Store(db_url, "east"), Store(db_url, "west"), Store(db_url)
+    east.migrate()
+    ids = east.sync_endpoints([("g", "a", "http://x/v1")])
+    down = HealthState(Health.DOWN, 0, 3, since=NOW - 5, last_probe_at=NOW)
+    up = HealthState(Health.UP, 4, 0, since=NOW - 60, last_probe_at=NOW - 1)
+    east.save([(ids[KEY], result(NOW, ok=False))], {ids[KEY]: down})
+    west.save([(ids[KEY], result(NOW - 1))], {ids[KEY]: up})
+    assert reader.vantage_health()[KEY] == {"east": down, "west": up}
+    # A restarted instance resumes from its own judgement, not the last writer's.
+    assert east.own_health()[KEY] == down
+    assert west.own_health()[KEY] == up
+    with reader.session() as session:
+        vantages = sorted(str(v) for v in session.scalars(select(ResultRow.vantage)))
+    assert vantages == ["east", "west"]
+    # A new URL is a new endpoint for every vantage.
+    reader.sync_endpoints([("g", "a", "http://y/v1")])
+    assert reader.vantage_health() == {}
+    assert east.own_health()[KEY].health is Health.UNKNOWN
+    for s in (east, west, reader):
         s.close()

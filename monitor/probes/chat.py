@@ -10,6 +10,7 @@ from typing import Any
 
 import httpx
 
+from monitor import __version__
 from monitor.config import Target
 from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.probes.classify import (
@@ -132,10 +133,17 @@ def _usage(data: dict[str, Any] | None) -> tuple[int | None, int | None]:
     )
 
 
+def user_agent(instance: str | None) -> str:
+    base = f"convai-monitor/{__version__}"
+    return f"{base} (instance {instance})" if instance else base
+
+
 class ChatProber:
     """Sends probes through one shared, bounded httpx client."""
 
-    def __init__(self, max_in_flight: int = 100, max_body_bytes: int = 1 << 20) -> None:
+    def __init__(
+        self, max_in_flight: int = 100, max_body_bytes: int = 1 << 20, instance: str | None = None
+    ) -> None:
         self._max_body = max_body_bytes
         # The pool is sized to the semaphore, so a probe never waits inside httpx's pool
         # (a pool wait would be counted as endpoint latency and end in PoolTimeout).
@@ -150,7 +158,8 @@ class ChatProber:
                 max_keepalive_connections=max_in_flight,
                 keepalive_expiry=30.0,
             ),
-            headers={"User-Agent": "convai-monitor"},
+            # An endpoint's own access log shows who probed it, and from which instance.
+            headers={"User-Agent": user_agent(instance)},
             trust_env=False,
         )
 

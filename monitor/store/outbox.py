@@ -282,6 +282,8 @@ class Deliveries:
             return [
                 {
                     "at": r.delivered_at if r.status == DELIVERED else (at or r.next_attempt_at),
+                    "id": r.id,
+                    "event": r.event_id,
                     "group": r.group_name,
                     "kind": r.kind,
                     "status": r.status,

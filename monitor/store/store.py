@@ -29,7 +29,7 @@ from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 from monitor.domain.health import Health, HealthState
 from monitor.domain.latency import Bucket, hist_percentile, histogram, merge, percentile
 from monitor.domain.outcome import ProbeResult
-from monitor.store.tables import EndpointRow, MetaRow, ResultRow, RollupRow
+from monitor.store.tables import EndpointRow, MetaRow, ResultRow, RollupRow, VantageHealthRow
 
 # Meta key prefix of an endpoint's adapted probe shape (a key per endpoint id): a small
 # JSON document, kept out of the endpoint table so no migration is needed for it.
@@ -79,18 +79,24 @@ def _sqlite_pragmas(dbapi_connection: Any, _record: Any) -> None:
 
 
 def upsert(
-    session: Session, table: type[DeclarativeBase], values: dict[str, Any], keys: Sequence[str]
+    session: Session,
+    table: type[DeclarativeBase],
+    rows: dict[str, Any] | list[dict[str, Any]],
+    keys: Sequence[str],
 ) -> None:
-    """Insert a row, or update it where `keys` match: one statement, safe to race.
+    """Insert rows, or update them where `keys` match: one statement, safe to race.
 
     Both dialects spell it `INSERT ... ON CONFLICT DO UPDATE`; SQLAlchemy's ORM `merge`
     reads then writes, which two instances sharing PostgreSQL can interleave.
     """
+    rows = [rows] if isinstance(rows, dict) else rows
+    if not rows:
+        return
     dialect = session.get_bind().dialect.name
     build = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = build(table).values(values)
-    changed = {k: statement.excluded[k] for k in values if k not in keys}
-    session.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=changed))
+    statement = build(table)
+    changed = {k: statement.excluded[k] for k in rows[0] if k not in keys}
+    session.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=changed), rows)
 
 
 def exclusive(session: Session, name: str) -> None:
@@ -114,6 +120,16 @@ def _clean(value: str | None) -> str | None:
     return value.replace("\x00", "") if value else value
 
 
+def _state(row: EndpointRow | VantageHealthRow) -> HealthState:
+    return HealthState(
+        health=Health(row.health),
+        successes=row.successes,
+        failures=row.failures,
+        since=row.health_since,
+        last_probe_at=row.last_probe_at,
+    )
+
+
 def migrations_config() -> AlembicConfig:
     config = AlembicConfig()
     # Resolved from the installed package, so an installed daemon migrates itself.
@@ -122,8 +138,11 @@ def migrations_config() -> AlembicConfig:
 
 
 class Store:
-    def __init__(self, url: str) -> None:
+    def __init__(self, url: str, vantage: str | None = None) -> None:
         self.url = url
+        # The instance writing through this store: its results and health are stored
+        # under this name. None for readers (the CLI), which write no results.
+        self.vantage = vantage
         parsed = make_url(url)
         self.is_sqlite = parsed.get_backend_name() == "sqlite"
         self.path = parsed.database if self.is_sqlite else None
@@ -240,21 +259,45 @@ class Store:
                     row.base_url = base_url
                     row.health, row.successes, row.failures = Health.UNKNOWN.value, 0, 0
                     row.health_since = None
+                    session.execute(
+                        delete(VantageHealthRow).where(VantageHealthRow.endpoint_id == row.id)
+                    )
             session.flush()
             return {(g, n): rows[(g, n)].id for g, n, _ in wanted}
 
     def health(self) -> dict[EndpointKey, HealthState]:
+        """Each endpoint's shared health: the one the failover decisions act on."""
         with self.session() as session:
-            return {
-                (r.group_name, r.name): HealthState(
-                    health=Health(r.health),
-                    successes=r.successes,
-                    failures=r.failures,
-                    since=r.health_since,
-                    last_probe_at=r.last_probe_at,
-                )
-                for r in session.scalars(select(EndpointRow))
+            return {(r.group_name, r.name): _state(r) for r in session.scalars(select(EndpointRow))}
+
+    def own_health(self) -> dict[EndpointKey, HealthState]:
+        """This vantage's own view where it has judged an endpoint, else the shared one (a
+        restart, or an upgrade from before vantages, still remembers a down)."""
+        with self.session() as session:
+            states = {
+                (r.group_name, r.name): _state(r) for r in session.scalars(select(EndpointRow))
             }
+            if self.vantage is not None:
+                own = session.execute(
+                    select(EndpointRow.group_name, EndpointRow.name, VantageHealthRow)
+                    .join(VantageHealthRow, VantageHealthRow.endpoint_id == EndpointRow.id)
+                    .where(VantageHealthRow.vantage == self.vantage)
+                )
+                states.update({(g, n): _state(row) for g, n, row in own})
+            return states
+
+    def vantage_health(self) -> dict[EndpointKey, dict[str, HealthState]]:
+        """Every vantage's view of every endpoint it has judged."""
+        with self.session() as session:
+            rows = session.execute(
+                select(EndpointRow.group_name, EndpointRow.name, VantageHealthRow).join(
+                    VantageHealthRow, VantageHealthRow.endpoint_id == EndpointRow.id
+                )
+            )
+            views: dict[EndpointKey, dict[str, HealthState]] = {}
+            for group, name, row in rows:
+                views.setdefault((group, name), {})[row.vantage] = _state(row)
+            return views
 
     def probe_shapes(self) -> dict[EndpointKey, dict[str, Any]]:
         """The request shape each endpoint's probe was adapted to (only adapted ones)."""
@@ -275,7 +318,8 @@ class Store:
 
     def save_probe_shape(self, endpoint_id: int, shape: Mapping[str, Any]) -> None:
         with self.session() as session, session.begin():
-            session.merge(MetaRow(key=f"{_SHAPE}{endpoint_id}", value=json.dumps(dict(shape))))
+            row = {"key": f"{_SHAPE}{endpoint_id}", "value": json.dumps(dict(shape))}
+            upsert(session, MetaRow, row, ("key",))
 
     def endpoint_ids(self) -> dict[EndpointKey, int]:
         with self.session() as session:
@@ -303,6 +347,7 @@ class Store:
                             "latency_ms": r.latency_ms,
                             "http_status": r.http_status,
                             "detail": _clean(r.detail),
+                            "vantage": self.vantage,
                             "prompt_tokens": r.prompt_tokens,
                             "completion_tokens": r.completion_tokens,
                         }
@@ -324,6 +369,24 @@ class Store:
                         for endpoint_id, s in states.items()
                     ],
                 )
+                if self.vantage is not None:
+                    upsert(
+                        session,
+                        VantageHealthRow,
+                        [
+                            {
+                                "endpoint_id": endpoint_id,
+                                "vantage": self.vantage,
+                                "health": s.health.value,
+                                "successes": s.successes,
+                                "failures": s.failures,
+                                "health_since": s.since,
+                                "last_probe_at": s.last_probe_at,
+                            }
+                            for endpoint_id, s in states.items()
+                        ],
+                        ("endpoint_id", "vantage"),
+                    )
 
     def last_probe(self, endpoint_id: int) -> LastProbe | None:
         with self.session() as session:

@@ -2,7 +2,17 @@
 
 from __future__ import annotations
 
-from sqlalchemy import Boolean, Float, ForeignKey, Index, Integer, String, Text, UniqueConstraint
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -36,9 +46,11 @@ class ResultRow(Base):
         Index("ix_probe_results_at", "at"),
     )
 
-    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    id: Mapped[int] = mapped_column(BigInteger().with_variant(Integer, "sqlite"), primary_key=True)
     endpoint_id: Mapped[int] = mapped_column(ForeignKey("endpoints.id", ondelete="CASCADE"))
     at: Mapped[float] = mapped_column(Float)  # epoch seconds: compact and fast to compare
+    # The instance that probed (None: written before instances had names).
+    vantage: Mapped[str | None] = mapped_column(String(100))
     ok: Mapped[bool] = mapped_column(Boolean)
     outcome: Mapped[str] = mapped_column(String(24))
     latency_ms: Mapped[float | None] = mapped_column(Float)
@@ -46,6 +58,22 @@ class ResultRow(Base):
     detail: Mapped[str | None] = mapped_column(Text)
     prompt_tokens: Mapped[int | None] = mapped_column(Integer)
     completion_tokens: Mapped[int | None] = mapped_column(Integer)
+
+
+class VantageHealthRow(Base):
+    """One instance's judgement of one endpoint: what it would vote, kept per vantage."""
+
+    __tablename__ = "vantage_health"
+
+    endpoint_id: Mapped[int] = mapped_column(
+        ForeignKey("endpoints.id", ondelete="CASCADE"), primary_key=True
+    )
+    vantage: Mapped[str] = mapped_column(String(100), primary_key=True)
+    health: Mapped[str] = mapped_column(String(16))
+    successes: Mapped[int] = mapped_column(Integer)
+    failures: Mapped[int] = mapped_column(Integer)
+    health_since: Mapped[float | None] = mapped_column(Float)
+    last_probe_at: Mapped[float | None] = mapped_column(Float)
 
 
 class RollupRow(Base):
