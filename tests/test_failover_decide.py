@@ -65,7 +65,12 @@ def view(
         (view("DDU", active="zz"), Action.FAILOVER, ("c",)),
         (view("DDD", active="zz"), Action.ALL_DOWN, ()),
         (
-            view("UUU", active="zz", switch_times=(NOW - 300, NOW - 200, NOW - 100, NOW - 50)),
+            view(
+                "UUU",
+                active="zz",
+                up_since=NOW - 100,  # no steady refuge: the budget holds (see below)
+                switch_times=(NOW - 300, NOW - 200, NOW - 100, NOW - 50),
+            ),
             Action.FLAPPING,
             ("a", "b", "c"),
         ),
@@ -82,9 +87,38 @@ def view(
         # pinned: no automatic switch, and on-call hears the pin holds a down endpoint
         (view("DUU", pinned_to="a", pinned_until=NOW + 60), Action.PINNED_DOWN, ("b", "c")),
         (view("DUU", pinned_to="a", pinned_until=NOW - 1), Action.FAILOVER, ("b", "c")),
-        # flapping: four automatic switches within the hour freeze the group
+        # flapping: four automatic switches within the hour freeze the group while the
+        # fallbacks are themselves coming and going (none up for failback_after)...
+        (
+            view(
+                "DUU",
+                up_since=NOW - 100,
+                switch_times=(NOW - 3000, NOW - 2000, NOW - 1000, NOW - 500),
+            ),
+            Action.FLAPPING,
+            ("b", "c"),
+        ),
+        # ... but never on a down endpoint while a fallback has been steadily up
         (
             view("DUU", switch_times=(NOW - 3000, NOW - 2000, NOW - 1000, NOW - 500)),
+            Action.FAILOVER,
+            ("b", "c"),
+        ),
+        (
+            view(
+                "DUU",
+                up_since=NOW - 300,  # exactly failback_after (the default 300 s)
+                switch_times=(NOW - 3000, NOW - 2000, NOW - 1000, NOW - 500),
+            ),
+            Action.FAILOVER,
+            ("b", "c"),
+        ),
+        (
+            view(
+                "DUU",
+                up_since=NOW - 299,
+                switch_times=(NOW - 3000, NOW - 2000, NOW - 1000, NOW - 500),
+            ),
             Action.FLAPPING,
             ("b", "c"),
         ),
@@ -216,13 +250,31 @@ def test_hold_doubles_per_repeat() -> None:
         (view("UU", pinned_to="a", pinned_until=NOW + 1), GroupState.PINNED),
         (view("UU", active=None), GroupState.DEGRADED),
         (
-            view("DU", switch_times=(NOW - 1, NOW - 2, NOW - 3, NOW - 4)),
+            view("DU", up_since=NOW - 5, switch_times=(NOW - 1, NOW - 2, NOW - 3, NOW - 4)),
             GroupState.FLAPPING,
         ),
     ],
 )
 def test_group_state(group: GroupView, state: GroupState) -> None:
     assert group_state(group, decide(group, NOW), NOW) is state
+
+
+def test_a_frozen_group_moves_only_to_the_steady_fallbacks() -> None:
+    spent = (NOW - 3000, NOW - 2000, NOW - 1000, NOW - 500)
+    group = GroupView(
+        name="g",
+        endpoints=(
+            EndpointView("a", D),
+            EndpointView("b", U, NOW - 20),  # just came back: a flap, not a refuge
+            EndpointView("c", U, NOW - 400),  # up for longer than failback_after
+        ),
+        active="a",
+        switch_times=spent,
+    )
+    decision = decide(group, NOW)
+    assert decision.action is Action.FAILOVER
+    assert decision.candidates == ("c",)
+    assert "c has been up for 400s" in decision.reason
 
 
 def test_a_down_active_that_answers_again_is_not_left() -> None:

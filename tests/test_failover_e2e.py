@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 
+from monitor.app import open_store
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.sim.receiver import AlertReceiver
+from monitor.store.switching import SwitchLog
 from tests.harness import GROUP, World, cli_json, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
@@ -174,25 +176,65 @@ async def test_manual_failback_waits_for_an_operator(world: World) -> None:
     assert "failback" not in kinds
 
 
-async def test_flapping_freezes_the_group(world: World) -> None:
-    world.policy.update({"max_switches_per_hour": 2, "failback_after": 0.2, "min_dwell": 0.1})
+async def test_flapping_freezes_the_group_when_the_fallbacks_flap_too(world: World) -> None:
+    world.policy.update({"max_switches_per_hour": 2, "failback_after": 1.5, "min_dwell": 0.1})
     config = world.config()
-    a = world.sims["a"]
-    async with running(config):
+    a, b, c = world.sims["a"], world.sims["b"], world.sims["c"]
+    async with running(config) as daemon:
+        assert daemon.monitor is not None
+        states = daemon.monitor.states
         await settled(world)
         a.set(Behaviour.REFUSE)
-        await wait_for(
-            lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover 1"
-        )
+        await wait_for(lambda: world.registered()["base_url"] == b.base_url, what="failover 1")
         a.set(Behaviour.OK)
         await wait_for(lambda: world.registered()["base_url"] == a.base_url, what="failback 1")
+        # The fallbacks come and go as well: none of them is a steady refuge.
+        for sim in (b, c):
+            sim.set(Behaviour.REFUSE)
+        await wait_for(
+            lambda: (
+                states[(GROUP, "b")].health.value == "down"
+                and states[(GROUP, "c")].health.value == "down"
+            ),
+            what="fallbacks down",
+        )
+        for sim in (b, c):
+            sim.set(Behaviour.OK)
+        await wait_for(lambda: states[(GROUP, "b")].health.value == "up", what="b back")
         a.set(Behaviour.REFUSE)
         await wait_for(lambda: "flapping" in world.events(config), what="flapping")
-        assert world.registered()["base_url"] == a.base_url  # frozen on the dead primary
+        assert world.registered()["base_url"] == a.base_url  # frozen: the budget is spent
     kinds = world.events(config)
     assert kinds.count("failover") == 1
     assert kinds.count("failback") == 1
     assert world.updates() == 2
+
+
+async def test_switch_budget_never_holds_a_group_on_a_down_endpoint(world: World) -> None:
+    """Two short outages spend the budget; on the third the primary hangs while b has been
+    up all along. Characters must not be left on the dead primary."""
+    world.policy.update({"max_switches_per_hour": 2, "failback_after": 0.3, "min_dwell": 0.1})
+    config = world.config()
+    a, b = world.sims["a"], world.sims["b"]
+    async with running(config):
+        await settled(world)
+        a.set(Behaviour.REFUSE)
+        await wait_for(lambda: world.registered()["base_url"] == b.base_url, what="failover 1")
+        a.set(Behaviour.OK)
+        await wait_for(lambda: world.registered()["base_url"] == a.base_url, what="failback 1")
+        a.set(Behaviour.HANG)
+        await wait_for(
+            lambda: world.registered()["base_url"] == b.base_url, limit=12, what="failover 2"
+        )
+    kinds = world.events(config)
+    assert "flapping" not in kinds
+    assert kinds.count("failover") == 2
+    store = open_store(config, migrate=False)
+    try:
+        last = [e for e in SwitchLog(store).history(None, 0) if e.kind == "failover"][-1]
+    finally:
+        store.close()
+    assert "switches within the hour, but b has been up for" in last.message
 
 
 async def test_dry_run_changes_nothing_in_convai(world: World) -> None:

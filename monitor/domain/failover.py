@@ -155,9 +155,27 @@ def decide(view: GroupView, now: float) -> Decision:
                 candidates,
             )
         if frozen(view, now):
+            # The budget stops oscillation; it must not keep characters on a dead endpoint
+            # while another has been steadily up. A fallback up for failback_after (the
+            # wait a failback would demand, not doubled) is no flap: move there. Moves to
+            # endpoints that are themselves coming and going still spend the budget.
+            steady = tuple(
+                n for n in candidates if _up_for(by_name[n], now) >= view.rules.failback_after
+            )
+            count = recent_switches(view, now)
+            if steady:
+                return Decision(
+                    Action.FAILOVER,
+                    f"{active.name} is down; {count} switches within the hour, but "
+                    f"{steady[0]} has been up for {_up_for(by_name[steady[0]], now):.0f}s, so "
+                    "the group is not held on a down endpoint",
+                    steady,
+                )
             return Decision(
                 Action.FLAPPING,
-                f"{recent_switches(view, now)} switches within the hour; holding on {active.name}",
+                f"{active.name} is down and {count} switches within the hour reached "
+                f"max_switches_per_hour; no fallback has been up for "
+                f"{view.rules.failback_after:g}s, so holding on {active.name}",
                 candidates,
             )
         return Decision(Action.FAILOVER, down, candidates)

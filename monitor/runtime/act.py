@@ -95,12 +95,24 @@ class Actor:
             return
         if decision.action is Action.STAY:
             self.dry_noted.discard(name)
-            if active_up:
-                # The incident, if any, is over: the next one starts its retries afresh.
-                self.retry.pop(name, None)
-            if record.condition in TROUBLE and active_up:
+            if not active_up:
+                return
+            # The incident, if any, is over: the next one starts its retries afresh.
+            self.retry.pop(name, None)
+            if record.condition in TROUBLE:
                 await self.beliefs.condition(
                     name, "recovered", f"recovered: {decision.reason}", now, clear=True
+                )
+            elif view.active == view.endpoints[0].name and name in self.beliefs.incidents:
+                # The incident ends when the group is well again, whatever switch got it
+                # there: a failover that landed on the primary, an operator's move, a pin
+                # that ended. Otherwise reminders would page about an outage that is over.
+                await self.beliefs.condition(
+                    name,
+                    "recovered",
+                    f"recovered: back on its primary {view.active}, which is up",
+                    now,
+                    clear=True,
                 )
             return
         details = None

@@ -38,6 +38,7 @@ class Beliefs:
         self.active: dict[str, str | None] = {}
         self._records: dict[str, GroupRecord] = {}
         self.switch_times: dict[str, tuple[float, ...]] = {}
+        self.incidents: set[str] = set()  # groups with an open incident
         self._records_at = -RECORDS_TTL
 
     def lock(self, group: str) -> asyncio.Lock:
@@ -49,6 +50,7 @@ class Beliefs:
             self._records, self.switch_times = await self.call(
                 self.switches.snapshot, time.time() - HOUR
             )
+            self.incidents = await self.call(self.switches.open_incidents)
             self._records_at = time.monotonic()
         return self._records
 

@@ -19,7 +19,7 @@ from monitor.durations import format_duration
 from monitor.redact import redact
 from monitor.store.outbox import Outbox
 from monitor.store.store import Store
-from monitor.store.tables import EventRow, GroupRow, SwitchRow
+from monitor.store.tables import EventRow, GroupRow, IncidentRow, SwitchRow
 
 OPEN = "intent"
 # Switch kinds that move a group to another endpoint: they count towards flap damping.
@@ -144,6 +144,15 @@ class SwitchLog:
                 if at is not None:
                     times.setdefault(name, []).append(at)
         return groups, {name: tuple(ts) for name, ts in times.items()}
+
+    def open_incidents(self) -> set[str]:
+        """Groups with an incident that has not been resolved."""
+        with self.store.session() as session:
+            return set(
+                session.scalars(
+                    select(IncidentRow.group_name).where(IncidentRow.closed_at.is_(None))
+                )
+            )
 
     def group(self, name: str) -> GroupRecord | None:
         with self.store.session() as session:

@@ -1,0 +1,117 @@
+"""The incident lifecycle as on-call lives it: an incident ends when the group is well
+again (on a healthy primary, no trouble condition), whatever kind of switch got it there,
+and reminders stop with it."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from monitor.cli import main
+from monitor.sim.convai import ConvaiSim
+from monitor.sim.openai import Behaviour, EndpointSim
+from monitor.sim.receiver import AlertReceiver
+from tests.harness import GROUP, World, make_world, running, settled, wait_for
+
+Factory = Callable[..., EndpointSim]
+
+
+@pytest.fixture
+def receiver() -> Iterator[AlertReceiver]:
+    with AlertReceiver() as r:
+        yield r
+
+
+@pytest.fixture
+def world(tmp_path: Path, convai: ConvaiSim, endpoints: Factory, receiver: AlertReceiver) -> World:
+    w = make_world(tmp_path, convai, endpoints)
+    w.extra = {
+        "alerts": {
+            "targets": [{"url": receiver.url("pager"), "min_severity": "critical"}],
+            "reminder_interval": 0.5,
+        }
+    }
+    return w
+
+
+def paged(receiver: AlertReceiver) -> list[str]:
+    return [r.title for r in receiver.received]
+
+
+async def cli(*argv: str) -> int:
+    return await asyncio.to_thread(main, list(argv))
+
+
+async def quiet_after_resolution(receiver: AlertReceiver) -> None:
+    """Three reminder intervals after the resolution: nothing more reaches the pager."""
+    await wait_for(lambda: any("RESOLVED" in t for t in paged(receiver)), what="resolution")
+    seen = len(receiver.received)
+    await asyncio.sleep(1.5)
+    assert paged(receiver)[seen:] == []
+    assert paged(receiver)[-1].startswith("[RESOLVED]")
+
+
+async def test_forced_switch_to_a_bad_endpoint_then_back_closes_the_incident(
+    world: World, receiver: AlertReceiver
+) -> None:
+    """(b) `failover --to b --force --hold 0` to a known-bad b; the daemon moves it back to
+    its primary as a failover. The group is healthy: the incident must end."""
+    world.sims["b"].set(Behaviour.MODEL_NOT_FOUND)
+    config = world.config()
+    path = str(world.config_path())
+    async with running(config) as daemon:
+        assert daemon.monitor is not None
+        states = daemon.monitor.states
+        await settled(world)
+        await wait_for(lambda: states[(GROUP, "b")].health.value == "down", what="b down")
+        argv = ("failover", "-c", path, GROUP, "--to", "b", "--force", "--yes", "--hold", "0")
+        assert await cli(*argv) == 0
+        await wait_for(
+            lambda: world.registered()["base_url"] == world.sims["a"].base_url,
+            what="back on the primary",
+        )
+        await quiet_after_resolution(receiver)
+    titles = paged(receiver)
+    assert titles[0] == f"[CRITICAL] {GROUP}: failed over"
+    assert titles[-1] == f"[RESOLVED] {GROUP}: recovered; resolved"
+    assert "back on its primary a, which is up" in receiver.received[-1].message
+
+
+async def test_frozen_group_moved_by_an_operator_then_failed_over_home_closes_the_incident(
+    world: World, receiver: AlertReceiver
+) -> None:
+    """(a) The group freezes; an operator moves it; that endpoint's key is revoked and the
+    daemon fails over to the primary (a failover, not a failback). Reminders must stop."""
+    world.policy = {"max_switches_per_hour": 1, "failback": "manual", "failback_after": 1.5}
+    config = world.config()
+    path = str(world.config_path())
+    a, b, c = world.sims["a"], world.sims["b"], world.sims["c"]
+    async with running(config) as daemon:
+        assert daemon.monitor is not None
+        states = daemon.monitor.states
+
+        def health(name: str) -> str:
+            return states[(GROUP, name)].health.value
+
+        await settled(world)
+        a.set(Behaviour.REFUSE)
+        await wait_for(lambda: world.registered()["base_url"] == b.base_url, what="failover")
+        # c comes and goes, so it is no steady refuge; then b dies: frozen on b.
+        c.set(Behaviour.REFUSE)
+        await wait_for(lambda: health("c") == "down", what="c down")
+        c.set(Behaviour.OK)
+        await wait_for(lambda: health("c") == "up", what="c up")
+        b.set(Behaviour.REFUSE)
+        await wait_for(lambda: any("flapping" in t for t in paged(receiver)), what="frozen")
+        assert await cli("failover", "-c", path, GROUP, "--to", "c", "--hold", "0") == 0
+        a.set(Behaviour.OK)
+        await wait_for(lambda: health("a") == "up", what="primary up")
+        c.set(Behaviour.UNAUTHORIZED)  # `badkey c`
+        await wait_for(lambda: world.registered()["base_url"] == a.base_url, what="home")
+        await quiet_after_resolution(receiver)
+    titles = paged(receiver)
+    assert f"[CRITICAL] {GROUP}: flapping; switching frozen" in titles
+    assert titles[-1] == f"[RESOLVED] {GROUP}: recovered; resolved"
