@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from sqlalchemy import select
+
 from monitor.config import Config, display_url
 from monitor.domain.health import Health
 from monitor.domain.latency import Bucket, fold, hist_percentile
@@ -22,6 +24,7 @@ from monitor.store import Store
 from monitor.store.outbox import Deliveries
 from monitor.store.store import HOUR, WindowStats
 from monitor.store.switching import EventRecord, GroupRecord, SwitchLog
+from monitor.store.tables import EventRow
 
 # Uptime over each window; 7d and 30d are answered from the hourly rollups.
 WINDOWS = {"1h": 3600.0, "24h": 86400.0, "7d": 7 * 86400.0, "30d": 30 * 86400.0}
@@ -211,7 +214,11 @@ class State:
             groups.append(
                 {
                     "model_group_name": group.model_group_name,
-                    "state": None if record is None else "pinned" if pinned else record.state,
+                    "state": None
+                    if record is None
+                    else self._pin_kind(group.model_group_name)
+                    if pinned
+                    else record.state,
                     "active_endpoint": record.active_endpoint if record else None,
                     "registered_base_url": display_url(record.registered_base_url)
                     if record and record.registered_base_url
@@ -336,6 +343,21 @@ class State:
             }
             for d in merged.values()
         ]
+
+    def _pin_kind(self, group: str) -> str:
+        """`held` when the group's pin came from `failover --hold`, else `pinned`: both are
+        a pin underneath, told apart by the event that set it."""
+        with self.store.session() as session:
+            kind = session.scalar(
+                select(EventRow.kind)
+                .where(
+                    EventRow.group_name == group,
+                    EventRow.kind.in_(("pinned", "held", "unpinned")),
+                )
+                .order_by(EventRow.at.desc(), EventRow.id.desc())
+                .limit(1)
+            )
+        return "held" if kind == "held" else "pinned"
 
     def _target_names(self) -> dict[str, str]:
         from monitor.alerts.targets import target_names

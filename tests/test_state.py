@@ -10,29 +10,18 @@ from monitor.alerts.targets import target_id
 from monitor.config import Config, load_config
 from monitor.domain.alerts import Severity
 from monitor.domain.latency import Bucket, fold
-from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.report import iso
 from monitor.state import PAGE_DAYS, State, daily_uptime, latency_series
 from monitor.store import Store
 from monitor.store.outbox import Deliveries, Outbox, Route
 from monitor.store.switching import SwitchLog
 from tests.conftest import config_dict, write_config
+from tests.test_store import result
 
 DAY = 86400
 HOUR = 3600
 # Noon UTC on a day: the current day is half gone, the current hour just begun.
 NOW = 1_800_000_000 - 1_800_000_000 % DAY + 12 * HOUR + 60.0
-
-
-def result(at: float, ok: bool = True, latency: float = 100.0) -> ProbeResult:
-    return ProbeResult(
-        at=at,
-        group="g",
-        endpoint="a",
-        outcome=Outcome.OK if ok else Outcome.CONNECT_ERROR,
-        latency_ms=latency if ok else None,
-        http_status=200 if ok else None,
-    )
 
 
 @pytest.mark.parametrize(
@@ -211,3 +200,24 @@ def test_an_alert_delivered_to_several_targets_is_one_timeline_entry(
     assert timeline[0]["message"] == (
         "alert about all_down delivered to targets[0] (json://...), targets[1] (json://...)"
     )
+
+
+def test_a_hold_shows_as_held_and_a_pin_as_pinned(tmp_path: Path, store: Store) -> None:
+    config = _config(tmp_path, "http://127.0.0.1:9/v1")
+    log = SwitchLog(store)
+    log.observe_registration(
+        "g", registered_base_url=None, model_name="m", monitored=True, active_endpoint="a", at=NOW
+    )
+
+    def state() -> str:
+        return str(State(config, store).status(NOW)["groups"][0]["state"])
+
+    log.pin("g", "a", NOW + 3600, NOW - 30)
+    assert state() == "pinned"
+    # `failover --hold` pins the group and records `held`.
+    log.record("g", "held", "held on a for 1h after a manual switch", NOW - 20)
+    assert state() == "held"
+    log.unpin("g", NOW - 10)
+    assert state() == "healthy"
+    log.pin("g", "a", NOW + 3600, NOW - 5)
+    assert state() == "pinned"
