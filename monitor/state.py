@@ -394,9 +394,16 @@ class State:
         if last is not None and last.completed_at is not None:
             ago = format_duration(now - last.completed_at)
             how = "automatically" if last.automatic else "by an operator"
+            done = {
+                # Same endpoint, new address or key: Convai was updated, the group did not move.
+                "rehome": f"Convai was moved to {last.to_endpoint}'s new base_url",
+                "key_rotation": f"Convai was given {last.to_endpoint}'s new api_key",
+            }.get(
+                last.kind,
+                f"It was switched {how} from {last.from_endpoint} to {last.to_endpoint}",
+            )
             lines.append(
-                f"It was switched {how} from {last.from_endpoint} to {last.to_endpoint} {ago} ago "
-                f"({last.kind}): {last.reason}."
+                f"{done} {ago} ago ({last.kind}): {last.reason}."
                 + (f" Convai transactionID {last.transaction_id}." if last.transaction_id else "")
             )
         else:

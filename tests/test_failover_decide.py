@@ -86,6 +86,9 @@ def view(
         (view("DUU", stale_url=True), Action.FAILOVER, ("b", "c")),
         # pinned: no automatic switch, and on-call hears the pin holds a down endpoint
         (view("DUU", pinned_to="a", pinned_until=NOW + 60), Action.PINNED_DOWN, ("b", "c")),
+        # ... pinned to a healthy fallback: that is where the pin says to go
+        (view("DUU", pinned_to="c", pinned_until=NOW + 60), Action.FAILOVER, ("c",)),
+        (view("DUD", pinned_to="c", pinned_until=NOW + 60), Action.PINNED_DOWN, ("b",)),
         (view("DUU", pinned_to="a", pinned_until=NOW - 1), Action.FAILOVER, ("b", "c")),
         # flapping: four automatic switches within the hour freeze the group while the
         # fallbacks are themselves coming and going (none up for failback_after)...

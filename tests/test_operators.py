@@ -22,6 +22,7 @@ from monitor.ops import manual_failover
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.sim.receiver import AlertReceiver
+from monitor.state import State
 from monitor.store.switching import EventRecord, SwitchLog, SwitchRecord
 from tests.conftest import CONVAI_KEY, MODEL, config_dict, write_config
 from tests.harness import GROUP, World, make_world, running, settled, wait_for
@@ -195,6 +196,13 @@ async def test_reloaded_key_is_rotated_in_convai(world: World) -> None:
     assert updates(world) == [{"model_group_name": GROUP, "api_key": rotated}]
     rotation = next(e for e in history(config) if e.kind == "key_rotation")
     assert rotation.message.startswith("key_rotation a -> a")
+    store = open_store(config, migrate=False)
+    try:
+        explained = "\n".join(State(config, store).explain(GROUP, time.time()))
+    finally:
+        store.close()
+    assert "Convai was given a's new api_key" in explained
+    assert rotated not in explained
     stored = db_text(world)
     assert rotated not in stored  # the keys themselves are never stored
     assert world.keys["b"] not in stored

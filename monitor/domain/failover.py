@@ -148,6 +148,11 @@ def decide(view: GroupView, now: float) -> Decision:
         down = f"{active.name} was removed from the config" if removed else f"{active.name} is down"
         if not candidates:
             return Decision(Action.ALL_DOWN, f"{down} and no other endpoint is up")
+        if pinned(view, now) and view.pinned_to in candidates:
+            # Pinned elsewhere (the pin was set without a switch): the pin says where to go.
+            return Decision(
+                Action.FAILOVER, f"{down}; pinned to {view.pinned_to}", (view.pinned_to,)
+            )
         if pinned(view, now) and not removed:
             return Decision(
                 Action.PINNED_DOWN,
