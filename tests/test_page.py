@@ -373,3 +373,19 @@ def test_page_escapes_everything_it_did_not_write() -> None:
     assert 'onerror="' not in html
     assert html.count("</section>") == 2  # the group and the timeline, nothing injected
     assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;&amp;amp;" in html
+
+
+async def test_a_reloaded_password_applies_at_once(
+    world: World, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("STATUS_PASSWORD", PASSWORD)
+    world.extra["server"]["auth"] = {"username": "oncall", "password": "${STATUS_PASSWORD}"}
+    config = world.config()
+    async with running(config, config_path=str(world.config_path())) as daemon:
+        url = _base(daemon) + "/api/status"
+        assert (await _get(url, headers=_auth("oncall", PASSWORD))).status_code == 200
+        monkeypatch.setenv("STATUS_PASSWORD", PASSWORD + "-rotated")
+        await daemon.reload()
+        assert (await _get(url, headers=_auth("oncall", PASSWORD))).status_code == 401
+        rotated = await _get(url, headers=_auth("oncall", PASSWORD + "-rotated"))
+        assert rotated.status_code == 200
