@@ -15,6 +15,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from monitor.alerts.delivery import Deliverer, Notifier
 from monitor.config import Config, ConfigError, Target, build_targets, load_config
 from monitor.convai import ConvaiClient, ConvaiError
+from monitor.domain.deadline import WINDOW
 from monitor.domain.health import Health
 from monitor.domain.outcome import ProbeResult
 from monitor.metrics import Metrics
@@ -244,6 +245,9 @@ class Daemon:
         }
         monitor = Monitor(self.scheduler, prober, recorder, ids, states, metrics)
         self.monitor = monitor
+        # Learned deadlines survive a restart: the last hour of successes, read once.
+        for key, samples in (await recorder.call(store.latencies, now - WINDOW)).items():
+            monitor.learn(key, samples)
         recorder.start()
         monitor.targets.update({(t.group, t.endpoint): t for t in targets})
         notifier = Notifier(config.alerts)

@@ -161,6 +161,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     )
     _out("(* = active endpoint)")
+    _out()
+    _out(_cost_table(report))
     for group in report["unmonitored"]:
         _out(f"unmonitored: {group['model_group_name']} ({group['base_url']}) is not in the config")
     alerts = report["alerts"]
@@ -175,6 +177,33 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"{failure['target']}: {failure['error']}"
         )
     return EXIT_OK
+
+
+def _count(value: int) -> str:
+    return f"{value:,}"
+
+
+def _cost_table(report: dict[str, Any]) -> str:
+    """What probing costs: probes and tokens of the last 24 h, and a month at that pace."""
+    from monitor.report import table
+
+    rows = []
+    for group in report["groups"]:
+        for endpoint in group["endpoints"]:
+            usage = endpoint["usage_24h"]
+            cost = usage["cost_per_month"]
+            rows.append(
+                (
+                    group["model_group_name"],
+                    endpoint["name"],
+                    _count(usage["probes"]),
+                    _count(usage["tokens"]),
+                    _count(usage["tokens_per_month"]),
+                    "-" if cost is None else f"{cost:,.2f}",
+                )
+            )
+    headers = ["GROUP", "ENDPOINT", "PROBES 24H", "TOKENS 24H", "TOKENS/MONTH", "COST/MONTH"]
+    return table(headers, rows)
 
 
 def _config_arg(args: argparse.Namespace) -> str:

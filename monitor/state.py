@@ -22,7 +22,7 @@ from monitor.durations import format_duration
 from monitor.report import iso
 from monitor.store import Store
 from monitor.store.outbox import Deliveries
-from monitor.store.store import HOUR, WindowStats
+from monitor.store.store import HOUR, Usage, WindowStats
 from monitor.store.switching import EventRecord, GroupRecord, SwitchLog
 from monitor.store.tables import EventRow
 
@@ -42,6 +42,28 @@ def _latency(window: WindowStats | None) -> dict[str, float | None]:
     if window is None:
         return {"p50": None, "p95": None}
     return {"p50": _round(window.p50_ms), "p95": _round(window.p95_ms)}
+
+
+# A month, for the cost estimate: the last 24 hours times this.
+MONTH_DAYS = 30
+
+
+def _usage(usage: Usage | None, price_per_1k: float | None) -> dict[str, Any]:
+    """Probes and tokens of the last 24 h, a month at that pace, and money when priced."""
+    probes = usage.probes if usage else 0
+    tokens = usage.tokens if usage else 0
+    month = tokens * MONTH_DAYS
+    return {
+        "probes": probes,
+        "prompt_tokens": usage.prompt_tokens if usage else 0,
+        "completion_tokens": usage.completion_tokens if usage else 0,
+        "tokens": tokens,
+        "probes_per_month": probes * MONTH_DAYS,
+        "tokens_per_month": month,
+        "price_per_1k_tokens": price_per_1k,
+        "cost": None if price_per_1k is None else round(tokens / 1000 * price_per_1k, 4),
+        "cost_per_month": None if price_per_1k is None else round(month / 1000 * price_per_1k, 2),
+    }
 
 
 def _pinned(record: GroupRecord | None, now: float) -> bool:
@@ -206,6 +228,12 @@ class State:
                         "latency_ms_24h": _latency(windows["24h"]),
                         # The request shape the probe was adapted to; None: as configured.
                         "probe": shapes.get(key),
+                        "usage_24h": _usage(
+                            store.usage(endpoint_id, now - DAY, now)
+                            if endpoint_id is not None
+                            else None,
+                            endpoint.price_per_1k_tokens,
+                        ),
                     }
                 )
             record = records.get(group.model_group_name)

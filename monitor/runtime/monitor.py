@@ -7,7 +7,7 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 
 import structlog
@@ -24,6 +24,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor.config import Policy, Target
+from monitor.domain.deadline import DeadlineRule, LatencyWindow, deadline, late_verdict
 from monitor.domain.health import (
     FailureRate,
     Health,
@@ -33,7 +34,7 @@ from monitor.domain.health import (
     judge,
     wants_fast,
 )
-from monitor.domain.outcome import ProbeResult
+from monitor.domain.outcome import ProbeResult, Verdict
 from monitor.metrics import Metrics
 from monitor.probes import ChatProber, ProbeShape
 from monitor.runtime.jobs import Jobs
@@ -79,6 +80,10 @@ def thresholds(policy: Policy) -> Thresholds:
     )
 
 
+def deadline_rule(policy: Policy) -> DeadlineRule:
+    return DeadlineRule(policy.deadline_floor, policy.deadline_factor, policy.timeout)
+
+
 def _job_id(key: EndpointKey) -> str:
     return f"probe:{key[0]}/{key[1]}"
 
@@ -118,6 +123,13 @@ class Monitor:
         self.jobs = Jobs()
         self._shapes_saved: dict[EndpointKey, ProbeShape] = dict(prober.shapes)
         self._missed_logged_at = -MISSED_LOG_EVERY
+        # Each endpoint's successful latencies over the last hour (seeded from the store at
+        # start, then kept here): its learned deadline costs no query per probe.
+        self.latencies: dict[EndpointKey, LatencyWindow] = {}
+        # Requests failed at their deadline and still waiting for a late answer.
+        self._late: set[asyncio.Task[None]] = set()
+        # The one request per endpoint still waiting past its deadline (see probe()).
+        self._pending: dict[EndpointKey, asyncio.Task[ProbeResult]] = {}
         scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         scheduler.add_listener(self._on_error, EVENT_JOB_ERROR)
@@ -193,8 +205,7 @@ class Monitor:
         target = self.targets.get(key)
         if target is None:
             return
-        result = await self.prober.probe(target)
-        await self.observe(target, result)
+        await self.probe(target)
         await self._keep_shape(key)
         if key not in self.targets:  # removed while probing (reload)
             return
@@ -202,6 +213,61 @@ class Monitor:
         # the job from inside it races max_instances=1 and a due time already past would
         # be skipped as "maximum number of running instances reached".
         self._due[job_id] = max(self._next_run(key, scheduled, self.states[key]), time.time())
+
+    def learn(self, key: EndpointKey, samples: Iterable[tuple[float, float]]) -> None:
+        """Seed an endpoint's latency window with stored (at, latency_ms) successes."""
+        window = self.latencies.setdefault(key, LatencyWindow())
+        for at, latency_ms in sorted(samples):
+            window.add(at, latency_ms)
+
+    def deadline(self, target: Target, now: float) -> float:
+        """Seconds a probe of this endpoint may stay unanswered (see domain.deadline)."""
+        window = self.latencies.get((target.group, target.endpoint))
+        p99, samples = window.p99(now) if window else (None, 0)
+        return deadline(deadline_rule(target.policy), p99, samples)
+
+    async def probe(self, target: Target) -> ProbeResult:
+        """Probe once under the learned deadline and judge the result; a request failed at
+        its deadline keeps waiting in the background, and a passing late answer is judged
+        as a success when it arrives. Ticks, the re-probe before a failover and pre-flights
+        all go through here."""
+        limit = self.deadline(target, time.time())
+        result, pending = await self.prober.probe_within(target, limit)
+        await self.observe(target, result)
+        if pending is not None:
+            key = (target.group, target.endpoint)
+            older = self._pending.pop(key, None)
+            if older is not None:
+                # At most one late request per endpoint: each holds a probe slot until
+                # `timeout`, and a few hanging endpoints would otherwise fill every slot
+                # and delay the probes of all the others. The newest one is as likely to
+                # be answered as the older.
+                older.cancel()
+            self._pending[key] = pending
+            task = asyncio.create_task(self._late_answer(target, pending), name="late-answer")
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+        return result
+
+    async def _late_answer(self, target: Target, pending: asyncio.Task[ProbeResult]) -> None:
+        key = (target.group, target.endpoint)
+        try:
+            result = await pending
+        except asyncio.CancelledError:
+            return  # a newer request of this endpoint took its place, or shutdown
+        finally:
+            if self._pending.get(key) is pending:
+                del self._pending[key]
+        if late_verdict(result.outcome) is not Verdict.PASS:
+            return  # already failed as a timeout at the deadline
+        log.info(
+            "probe_answered_late",
+            group=target.group,
+            endpoint=target.endpoint,
+            latency_ms=round(result.latency_ms or 0.0, 1),
+        )
+        # Recorded at its arrival, with its real latency (which raises the deadline).
+        await self.observe(target, replace(result, at=time.time()))
 
     async def _keep_shape(self, key: EndpointKey) -> None:
         """Store the probe shape an endpoint was adapted to, once per change (status shows
@@ -237,6 +303,8 @@ class Monitor:
         )
         self.states[key] = state
         self.counters.probes += 1
+        if result.outcome.verdict is Verdict.PASS and result.latency_ms is not None:
+            self.latencies.setdefault(key, LatencyWindow()).add(now, result.latency_ms)
         if key not in self.probed:
             self.probed.add(key)
             if set(self.targets) <= self.probed:
@@ -309,3 +377,7 @@ class Monitor:
     async def drain(self, grace: float) -> None:
         """Wait for probes in flight to finish (bounded), then cancel the rest."""
         await self.jobs.drain(grace)
+        # Requests already failed at their deadline: nobody needs their answer now.
+        for task in [*self._late, *self._pending.values()]:
+            task.cancel()
+        await asyncio.gather(*self._late, return_exceptions=True)
