@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from monitor.config import Config, display_url
+from monitor.domain.failover import failback_wait
 from monitor.domain.health import Health
 from monitor.domain.latency import Bucket, fold, hist_percentile
 from monitor.durations import format_duration
@@ -485,25 +486,37 @@ class State:
             since = f" for {format_duration(now - state.since)}" if state.since else ""
             role = " (primary)" if endpoint.name == primary else ""
             lines.append(f"  {endpoint.name}{role}: {state.health.value}{since}")
+        pinned_now = _pinned(record, now)
         if active and active != primary:
             state = health.get((group_name, primary))
             policy = group.policy
             if state is not None and state.health.value == "up":
-                if policy.failback == "manual":
+                if pinned_now:
+                    lines.append(
+                        "The primary is up; the group stays where it is while it is pinned "
+                        "(see below)."
+                    )
+                elif policy.failback == "manual":
                     lines.append(
                         f"The primary is up again; failback is manual. To return: convai-monitor "
                         f"failover -c FILE {group_name} --to {primary}"
                     )
                 else:
+                    # The same wait decide() applies: doubled for each repeat switch.
+                    counted_from = now - HOUR
+                    if record.operator_at is not None:
+                        counted_from = max(counted_from, record.operator_at)
+                    wait = failback_wait(
+                        policy.failback_after, len(switches.switch_times(group_name, counted_from))
+                    )
                     lines.append(
                         f"The primary is up; it fails back automatically once it has been up for "
-                        f"{format_duration(policy.failback_after)} (longer after repeated "
-                        f"switches) and {format_duration(policy.min_dwell)} have passed since the "
-                        "last switch."
+                        f"{format_duration(wait)} and {format_duration(policy.min_dwell)} have "
+                        "passed since the last switch."
                     )
             else:
                 lines.append("The primary is not up, so the group stays where it is.")
-        if _pinned(record, now):
+        if pinned_now:
             assert record.pinned_until is not None
             lines.append(
                 f"Pinned to {record.pinned_endpoint} for another "
