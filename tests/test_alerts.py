@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,12 +20,6 @@ from tests.conftest import CONVAI_KEY
 from tests.harness import GROUP, World, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
-
-
-@pytest.fixture
-def receiver() -> Iterator[AlertReceiver]:
-    with AlertReceiver() as r:
-        yield r
 
 
 @pytest.fixture

@@ -5,7 +5,7 @@ and reminders stop with it."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -18,12 +18,6 @@ from tests.conftest import CONVAI_KEY
 from tests.harness import GROUP, World, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
-
-
-@pytest.fixture
-def receiver() -> Iterator[AlertReceiver]:
-    with AlertReceiver() as r:
-        yield r
 
 
 @pytest.fixture

@@ -8,7 +8,7 @@ import base64
 import json
 import re
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -40,14 +40,6 @@ CANARIES = {
 }
 GOOGLE_KEY = "AIzaSyD3fK9qL0mN8pR7sT6uV5wX4yZ2aB1cD0e"
 PASSWORD = "pw-Kx81-canary-Qz7"
-
-
-@pytest.fixture
-def receiver() -> Iterator[AlertReceiver]:
-    r = AlertReceiver()
-    r.start()
-    yield r
-    r.stop()
 
 
 @pytest.fixture
