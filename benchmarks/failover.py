@@ -163,17 +163,17 @@ def _spawn_sim(*extra: str) -> tuple[subprocess.Popen[str], str]:
     return proc, proc.stdout.readline().strip()
 
 
-async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
-    # Primaries are paths on one flaky sim, fallbacks paths on a healthy one, both in
-    # their own processes; the daemon under test has the CPU to itself.
-    flaky, flaky_url = _spawn_sim("--flaky", str(args.blip_rate), "--seed", str(args.seed))
-    steady, steady_url = _spawn_sim()
+def _path_groups(
+    count: int, primary_origin: str, fallback_origin: str
+) -> tuple[ConvaiSim, list[dict[str, Any]]]:
+    """A started Convai API and `count` groups whose endpoints are paths on two sims (one
+    for every primary, one for every fallback), each group registered on its primary."""
     convai = ConvaiSim(api_keys=[CONVAI_KEY])
     convai.start()
     groups = []
-    for i in range(args.blip_groups):
+    for i in range(count):
         name = f"group-{i:03d}"
-        primary = f"{flaky_url}/g{i}/v1"
+        primary, fallback = f"{primary_origin}/g{i}/v1", f"{fallback_origin}/g{i}/v1"
         convai.seed(name, MODEL, "key", base_url=primary)
         groups.append(
             {
@@ -181,10 +181,19 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 "model_name": MODEL,
                 "endpoints": [
                     {"name": "primary", "base_url": primary, "api_key": "key"},
-                    {"name": "fallback", "base_url": f"{steady_url}/g{i}/v1", "api_key": "key"},
+                    {"name": "fallback", "base_url": fallback, "api_key": "key"},
                 ],
             }
         )
+    return convai, groups
+
+
+async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
+    # Primaries are paths on one flaky sim, fallbacks paths on a healthy one, both in
+    # their own processes; the daemon under test has the CPU to itself.
+    flaky, flaky_url = _spawn_sim("--flaky", str(args.blip_rate), "--seed", str(args.seed))
+    steady, steady_url = _spawn_sim()
+    convai, groups = _path_groups(args.blip_groups, flaky_url, steady_url)
     data = {
         "convai": {"api_key": CONVAI_KEY, "base_url": convai.base_url, "sync_interval": "1h"},
         "storage": {"url": f"sqlite:///{folder / 'blips.db'}"},
@@ -194,6 +203,10 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "timeout": args.blip_interval * 0.8,
             "fall": args.fall,
             "rise": 2,
+            # The failure-rate window scaled with the cadence (60 s at a 10 s interval is
+            # six intervals): the same number of probes per window as in production, so
+            # the rate rule sees blips exactly as it would there.
+            "failure_rate": {"window": 6 * args.blip_interval, "min_probes": 10},
         },
         "groups": groups,
     }
@@ -253,38 +266,208 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     }
 
 
+def _command(proc: subprocess.Popen[str], line: str) -> None:
+    """Change the behaviour of an out-of-process sim (see monitor.sim.openai's doc)."""
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+    answer = proc.stdout.readline().strip()
+    if answer != "ok":
+        raise RuntimeError(f"sim refused {line!r}: {answer}")
+
+
+async def window_scenario(
+    args: argparse.Namespace, folder: Path, command: str, duration: float, label: str
+) -> dict[str, Any]:
+    """`--runs` groups whose primaries (paths on one sim in its own process) all start
+    doing `command` at once; the probe schedule spreads the groups over the interval, so
+    the outage starts at a uniformly random phase for each. Measures the time from the
+    start to each group's switch landing at Convai, and every later switch of the group
+    while the outage lasts `duration` seconds (a failback into it, then away again)."""
+    primaries, primary_url = _spawn_sim()
+    fallbacks, fallback_url = _spawn_sim()
+    convai, groups = _path_groups(args.runs, primary_url, fallback_url)
+    data = {
+        "convai": {"api_key": CONVAI_KEY, "base_url": convai.base_url, "sync_interval": "1h"},
+        "storage": {"url": f"sqlite:///{folder / 'window.db'}"},
+        "defaults": {
+            "interval": args.interval,
+            "fast_interval": args.fast_interval,
+            "timeout": min(5.0, args.interval / 2),
+            "fall": args.fall,
+            "rise": 2,
+            "failback": "auto",
+            "failback_after": args.failback_after,
+            "min_dwell": args.min_dwell,
+        },
+        "groups": groups,
+    }
+    path = folder / "window.yaml"
+    path.write_text(yaml.safe_dump(data))
+    config = load_config(path)
+    store = open_store(config)
+    daemon = Daemon(config, store)
+    task = asyncio.create_task(daemon.run())
+    updates: dict[str, list[float]] = {}
+    first_failed: dict[str, float] = {}
+    started = float("inf")
+
+    async def watch(target: Any, result: Any, _state: Any, _transition: Any) -> None:
+        # The first failed probe of each primary once the outage began: what the daemon
+        # itself counts "detection" from.
+        now = time.monotonic()
+        if target.endpoint == "primary" and not result.ok and now >= started:
+            first_failed.setdefault(target.group, now)
+
+    try:
+        await asyncio.wait_for(daemon.ready.wait(), 30)
+        assert daemon.monitor is not None
+        daemon.monitor.listeners.append(watch)
+        # Every endpoint judged up, and a full interval of normal cadence behind it.
+        await asyncio.sleep(args.interval + args.fast_interval * 3 + 3)
+        started = time.monotonic()
+        _command(primaries, command)
+        while time.monotonic() - started < duration:
+            if task.done():
+                task.result()
+                raise RuntimeError("the daemon stopped early")
+            await asyncio.sleep(0.2)
+        ended = time.monotonic()
+        _command(primaries, "set ok")
+        _command(primaries, "flaky 0")
+        for call in convai.calls_of("update"):
+            group = call.body.get("model_group_name")
+            if call.status == 200 and isinstance(group, str) and call.at <= ended:
+                updates.setdefault(group, []).append(call.at - started)
+        detected = sorted(
+            updates[g][0] - (first_failed[g] - started) for g in updates if g in first_failed
+        )
+    finally:
+        daemon.request_stop()
+        await asyncio.wait_for(task, 30)
+        store.close()
+        convai.stop()
+        for proc in (primaries, fallbacks):
+            proc.terminate()
+            proc.wait(10)
+    firsts = sorted(times[0] for times in updates.values())
+    later = sum(len(times) - 1 for times in updates.values())
+    return {
+        "scenario": label,
+        "runs": args.runs,
+        "switched": len(firsts),
+        "duration_s": duration,
+        "start_to_switch_s": {
+            "p50": round(statistics.median(firsts), 3) if firsts else None,
+            "p95": round(_pct(firsts, 95), 3) if firsts else None,
+            "max": round(max(firsts), 3) if firsts else None,
+            "min": round(min(firsts), 3) if firsts else None,
+        },
+        "first_failure_to_switch_s": {
+            "p50": round(statistics.median(detected), 3) if detected else None,
+            "p95": round(_pct(detected, 95), 3) if detected else None,
+            "max": round(max(detected), 3) if detected else None,
+        },
+        "switches_after_the_first": later,
+    }
+
+
+def _window_line(r: dict[str, Any], target: float) -> str:
+    d = r["start_to_switch_s"]
+    f = r["first_failure_to_switch_s"]
+    met = d["p95"] is not None and d["p95"] <= target and r["switched"] == r["runs"]
+    return (
+        f"{r['scenario']}: {r['switched']}/{r['runs']} switched; start-to-switch p50 "
+        f"{d['p50']}s p95 {d['p95']}s (min {d['min']}s, max {d['max']}s); first failed "
+        f"probe to switch p50 {f['p50']}s p95 {f['p95']}s (max {f['max']}s); "
+        f"{r['switches_after_the_first']} further switches within {r['duration_s']:g}s"
+        f"  [target p95 <= {target:g}s: {'met' if met else 'NOT met'}]"
+    )
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--outages", type=int, default=20)
     parser.add_argument("--interval", type=float, default=10.0)
     parser.add_argument("--fast-interval", type=float, default=1.0)
     parser.add_argument("--fall", type=int, default=3)
-    parser.add_argument("--mode", default="refuse", choices=["refuse", "http_500", "hang"])
+    parser.add_argument(
+        "--mode", default="refuse", choices=["refuse", "http_500", "hang", "invalid_model_400"]
+    )
     parser.add_argument("--blip-probes", type=int, default=10_000)
     parser.add_argument("--blip-groups", type=int, default=20)
     parser.add_argument("--blip-rate", type=float, default=0.05)
     parser.add_argument("--blip-interval", type=float, default=0.25)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-blips", action="store_true")
+    parser.add_argument("--runs", type=int, default=20, help="groups in the window scenarios")
+    parser.add_argument(
+        "--scenarios",
+        default="outages,invalid_model,brownout,blips",
+        help="comma-separated: outages (--mode), invalid_model, brownout, blips",
+    )
+    parser.add_argument("--brownout-rate", type=float, default=0.5)
+    parser.add_argument("--brownout-for", type=float, default=300.0)
+    parser.add_argument("--invalid-model-for", type=float, default=40.0)
+    parser.add_argument("--failback-after", type=float, default=60.0)
+    parser.add_argument("--min-dwell", type=float, default=1.0)
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--log-level", default="error")
     args = parser.parse_args(argv)
     setup_logging(args.log_level)
     results: dict[str, Any] = {}
+    scenarios = set(args.scenarios.split(","))
+    if args.skip_blips:
+        scenarios.discard("blips")
     with tempfile.TemporaryDirectory() as tmp:
-        (Path(tmp) / "o").mkdir()
-        results["outages"] = run_loop(outages(args, Path(tmp) / "o"))
-        if not args.skip_blips:
+        if "outages" in scenarios:
+            (Path(tmp) / "o").mkdir()
+            results["outages"] = run_loop(outages(args, Path(tmp) / "o"))
+        if "invalid_model" in scenarios:
+            (Path(tmp) / "m").mkdir()
+            results["invalid_model"] = run_loop(
+                window_scenario(
+                    args,
+                    Path(tmp) / "m",
+                    "set invalid_model_400",
+                    args.invalid_model_for,
+                    'primary answers 400 "Invalid model name" (LiteLLM)',
+                )
+            )
+        if "brownout" in scenarios:
+            (Path(tmp) / "w").mkdir()
+            results["brownout"] = run_loop(
+                window_scenario(
+                    args,
+                    Path(tmp) / "w",
+                    f"flaky {args.brownout_rate} http_503",
+                    args.brownout_for,
+                    f"{args.brownout_rate:.0%} brownout (503) for {args.brownout_for:g}s",
+                )
+            )
+        if "blips" in scenarios:
             (Path(tmp) / "b").mkdir()
             results["blips"] = run_loop(blips(args, Path(tmp) / "b"))
-    o = results["outages"]
-    d = o["detection_to_switch_s"]
-    print(
-        f"outages ({o['mode']}, interval {args.interval:g}s, fast {args.fast_interval:g}s, "
-        f"fall {args.fall}): {o['switched']}/{o['outages']} switched; detection-to-switch "
-        f"p50 {d['p50']}s p95 {d['p95']}s (min {d['min']}s, max {d['max']}s)"
-        f"  [target p95 < 13s: {'met' if d['p95'] is not None and d['p95'] < 13 else 'NOT met'}]"
-    )
+    cadence = f"interval {args.interval:g}s, fast {args.fast_interval:g}s, fall {args.fall}"
+    if "outages" in results:
+        o = results["outages"]
+        d = o["detection_to_switch_s"]
+        print(
+            f"outages ({o['mode']}, {cadence}): {o['switched']}/{o['outages']} switched; "
+            f"detection-to-switch p50 {d['p50']}s p95 {d['p95']}s (min {d['min']}s, max "
+            f"{d['max']}s)  [target p95 < 13s: "
+            f"{'met' if d['p95'] is not None and d['p95'] < 13 else 'NOT met'}]"
+        )
+    if "invalid_model" in results:
+        print(f"({cadence}) " + _window_line(results["invalid_model"], 13.0))
+    if "brownout" in results:
+        r = results["brownout"]
+        print(
+            f"({cadence}, failback_after {args.failback_after:g}s) "
+            + _window_line(r, 30.0)
+            + f"  [target 0 further: {'met' if r['switches_after_the_first'] == 0 else 'NOT met'}]"
+        )
     if "blips" in results:
         b = results["blips"]
         print(

@@ -14,7 +14,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 
 from monitor.alerts.delivery import Deliverer, Notifier
 from monitor.config import Config, ConfigError, Target, build_targets, load_config
-from monitor.convai import ConvaiClient
+from monitor.convai import ConvaiClient, ConvaiError
 from monitor.domain.health import Health
 from monitor.domain.outcome import ProbeResult
 from monitor.metrics import Metrics
@@ -64,23 +64,37 @@ def convai_client(config: Config, metrics: Metrics | None = None) -> ConvaiClien
     )
 
 
-async def resolve_targets(config: Config, convai: ConvaiClient | None = None) -> list[Target]:
-    """Targets for every endpoint; model names missing from config are read from Convai."""
-    if all(g.model_name for g in config.groups):
-        return build_targets(config)
-    own = convai is None
-    client = convai or convai_client(config)
-    try:
-        listing = await client.list_models()
-    finally:
-        if own:
-            await client.aclose()
-    models = {m.model_group_name: m.model_name for m in listing.models}
-    missing = [
-        g.model_group_name
-        for g in config.groups
-        if not g.model_name and g.model_group_name not in models
-    ]
+async def resolve_targets(
+    config: Config,
+    convai: ConvaiClient | None = None,
+    stored: dict[str, str] | None = None,
+    *,
+    ask: bool = True,
+) -> list[Target]:
+    """Targets for every endpoint, each probing the model Convai lists for its group.
+
+    Convai's model is what characters are served, whatever the config says. Without
+    Convai (unreachable, or `ask` is False because a sync follows at once), the model last
+    stored for the group is used, then the config's: probing never waits on Convai.
+    """
+    stored = stored or {}
+    known = {
+        g.model_group_name: stored.get(g.model_group_name) or g.model_name for g in config.groups
+    }
+    models: dict[str, str] = {k: v for k, v in known.items() if v}
+    if ask or len(models) < len(config.groups):
+        own = convai is None
+        client = convai or convai_client(config)
+        try:
+            listing = await client.list_models()
+        except ConvaiError as exc:
+            log.warning("convai_models_unavailable", error=str(exc), using="stored or config")
+        else:
+            models.update({m.model_group_name: m.model_name for m in listing.models})
+        finally:
+            if own:
+                await client.aclose()
+    missing = [g.model_group_name for g in config.groups if g.model_group_name not in models]
     if missing:
         raise ConfigError(
             [
@@ -208,7 +222,11 @@ class Daemon:
     async def _start(self, convai: ConvaiClient, prober: ChatProber, recorder: Recorder) -> None:
         """Build the parts, learn where groups point, then start probing and serving."""
         config, store, metrics = self.config, self.store, self.metrics
-        targets = await resolve_targets(config, convai)
+        # Probing starts with the model stored for each group (Convai's, as of the last
+        # run) or the config's; the sync just below switches to Convai's if it changed.
+        records = await recorder.call(SwitchLog(store).groups)
+        stored = {name: r.model_name for name, r in records.items() if r.model_name}
+        targets = await resolve_targets(config, convai, stored, ask=False)
         ids = await recorder.call(
             store.sync_endpoints, [(t.group, t.endpoint, t.base_url) for t in targets]
         )
@@ -250,6 +268,8 @@ class Daemon:
         self.engine = engine
         # Reconcile interrupted switches and learn where groups point before probing.
         await engine.start()
+        # The sync may have moved a group's probes to Convai's model.
+        targets = [monitor.targets.get((t.group, t.endpoint), t) for t in targets]
         monitor.add_targets(targets)
         self._schedule(config)
         self.heartbeat = time.time()
@@ -430,7 +450,12 @@ class Daemon:
         assert self.config_path is not None
         try:
             config = await asyncio.to_thread(load_config, self.config_path)
-            targets = await resolve_targets(config, self.engine.convai if self.engine else None)
+            in_use = (
+                {t.group: t.model for t in self.monitor.targets.values()} if self.monitor else {}
+            )
+            targets = await resolve_targets(
+                config, self.engine.convai if self.engine else None, in_use
+            )
         except ConfigError as exc:
             for problem in exc.problems:
                 log.error("config_reload_failed", problem=problem)

@@ -712,13 +712,15 @@ class Target:
 def build_targets(config: Config, models: dict[str, str] | None = None) -> list[Target]:
     """Resolve every endpoint of every group into a probe target.
 
-    `models` supplies the model name of groups whose config leaves it out (read from
-    Convai's list); a group with neither is an error the caller reports.
+    `models` is the model each group is probed with, as Convai lists it (or as it was last
+    stored); it wins over the config's model_name, which is only a cross-check (Convai
+    sends its own model_name, and update cannot change it). A group with neither is an
+    error the caller reports.
     """
     models = models or {}
     targets = []
     for group in config.groups:
-        model = group.model_name or models.get(group.model_group_name)
+        model = models.get(group.model_group_name) or group.model_name
         if model is None:
             raise ConfigError(
                 [f"{group.model_group_name}: no model_name in config and Convai lists none"]

@@ -102,10 +102,10 @@ async def manual_failover(
             until = pin(store, group_name, to, hold)
             message = f"{group_name} is already on {to}; held there until {_iso(until)}"
         return ManualResult(None, current, message)
-    model = group.model_name or registered.model_name
-    targets = {
-        t.endpoint: t for t in build_targets(config, {group_name: model}) if t.group == group_name
-    }
+    # Convai's model is what characters get (update cannot change it): pre-flight with it.
+    model = registered.model_name or group.model_name
+    models = {group_name: model} if model else {}
+    targets = {t.endpoint: t for t in build_targets(config, models) if t.group == group_name}
     prober = ChatProber(1, config.probes.max_body_bytes, config.instance.name)
     try:
 

@@ -513,3 +513,32 @@ def test_flaky_fails_about_the_given_share() -> None:
     failures = statuses.count(500)
     assert statuses.count(200) + failures == 200
     assert 35 <= failures <= 85
+
+
+def test_standalone_sim_takes_behaviour_changes_on_stdin() -> None:
+    command = [sys.executable, "-m", "monitor.sim.openai", "--model", "m"]
+    pipe = subprocess.PIPE
+    with subprocess.Popen(command, stdin=pipe, stdout=pipe, text=True) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            origin = proc.stdout.readline().strip()
+            url = f"{origin}/v1/chat/completions"
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            assert httpx.post(url, json=body).status_code == 200
+            proc.stdin.write("set invalid_model_400\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "ok"
+            reply = httpx.post(url, json=body)
+            assert reply.status_code == 400
+            assert "Invalid model name" in reply.json()["error"]["message"]
+            proc.stdin.write("flaky 1.0 http_503\nset ok\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "ok"
+            assert proc.stdout.readline().strip() == "ok"
+            assert httpx.post(url, json=body).status_code == 503
+            proc.stdin.write("explode now\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().startswith("error:")
+        finally:
+            proc.terminate()

@@ -12,7 +12,7 @@ import structlog
 
 from monitor.config import GroupConfig, display_url, normalize_url
 from monitor.convai import ConvaiError, ConvaiUnreachable, ModelList
-from monitor.domain.health import Health
+from monitor.domain.health import Health, HealthState
 from monitor.runtime.context import Context
 from monitor.store.switching import GroupRecord, key_digest
 
@@ -335,6 +335,7 @@ class Sync:
             at=now,
         )
         self.beliefs.active[name] = endpoint
+        self._probe_model(name, model_name)
         if group.model_name and group.model_name != model_name:
             if name not in self._mismatch_noted:
                 self._mismatch_noted.add(name)
@@ -342,11 +343,28 @@ class Sync:
                     self.switches.record,
                     name,
                     "model_mismatch",
-                    f"Convai serves model {model_name}, the config probes {group.model_name}",
+                    f"Convai serves model {model_name} but the config names {group.model_name}: "
+                    f"every endpoint is probed with {model_name}, the model characters get; "
+                    "fix model_name in the config",
                     now,
+                    details={"convai_model": model_name, "config_model": group.model_name},
                 )
         else:
             self._mismatch_noted.discard(name)
+
+    def _probe_model(self, group: str, model_name: str) -> None:
+        """Probe every endpoint of the group with the model Convai sends (update cannot
+        change it, so a fallback that does not serve it is no place to switch to)."""
+        monitor = self.ctx.monitor
+        moved = []
+        for key, target in list(monitor.targets.items()):
+            if target.group == group and target.model != model_name:
+                monitor.targets[key] = replace(target, model=model_name)
+                # Health judged on another model says nothing about this one.
+                monitor.states[key] = HealthState()
+                moved.append(target.endpoint)
+        if moved:
+            log.warning("probe_model_changed", group=group, model=model_name, endpoints=moved)
 
     def _best(self, group: GroupConfig) -> str:
         """Where an operator should point an unmanaged group: the first endpoint up."""

@@ -29,7 +29,10 @@ Run standalone (the benchmark does, to keep the simulated endpoints off its own 
     python -m monitor.sim.openai --port 0 --delay 0.05 --model m
 
 prints the origin (`http://127.0.0.1:PORT`) as its first stdout line, then serves until
-SIGTERM, SIGINT, or EOF on stdin when stdin is a pipe.
+SIGTERM, SIGINT, or EOF on stdin when stdin is a pipe. Lines on that pipe change the
+behaviour at run time (a benchmark starts an outage in the sim's own process this way):
+`set BEHAVIOUR`, `flaky RATE [BEHAVIOUR]`; each is answered with `ok` or `error: ...` on
+stdout.
 """
 
 from __future__ import annotations
@@ -717,7 +720,7 @@ def main(argv: list[str] | None = None) -> int:
         print(sim.origin, flush=True)
         if _stdin_is_pipe():
             threading.Thread(
-                target=_wait_for_eof, args=(done,), name="stdin-eof", daemon=True
+                target=_wait_for_eof, args=(done, sim), name="stdin-eof", daemon=True
             ).start()
         # A timeout keeps the main thread waking, so signal handlers run promptly.
         while not done.wait(0.5):
@@ -741,15 +744,36 @@ def _stdin_is_pipe() -> bool:
     return stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)
 
 
-def _wait_for_eof(done: threading.Event) -> None:
+def _wait_for_eof(done: threading.Event, sim: EndpointSim | None = None) -> None:
     # os.read on the raw descriptor, not sys.stdin: a daemon thread blocked inside the
     # buffered reader holds its lock, and the interpreter aborts if it finds it held at exit.
+    pending = b""
     try:
-        while os.read(sys.stdin.fileno(), 65536):
-            pass
+        while chunk := os.read(sys.stdin.fileno(), 65536):
+            pending += chunk
+            *lines, pending = pending.split(b"\n")
+            for line in lines:
+                if sim is not None and line.strip():
+                    print(_command(sim, line.decode("utf-8", "replace")), flush=True)
     except (OSError, ValueError):
         pass
     done.set()
+
+
+def _command(sim: EndpointSim, line: str) -> str:
+    """Apply one control line (`set BEHAVIOUR` or `flaky RATE [BEHAVIOUR]`)."""
+    words = line.split()
+    try:
+        if words[0] == "set" and len(words) == 2:
+            sim.set(Behaviour(words[1]))
+        elif words[0] == "flaky" and len(words) in (2, 3):
+            failure = Behaviour(words[2]) if len(words) == 3 else Behaviour.HTTP_500
+            sim.flaky(float(words[1]), behaviour=failure)
+        else:
+            return f"error: unknown command {line.strip()!r}"
+    except ValueError as exc:
+        return f"error: {exc}"
+    return "ok"
 
 
 if __name__ == "__main__":
