@@ -17,9 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import structlog
+
 from monitor.app import Daemon, open_store
 from monitor.cli import main
 from monitor.config import Config, load_config
+from monitor.logs import setup_logging
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.store.switching import SwitchLog
@@ -155,6 +158,10 @@ def make_world(
 
 @asynccontextmanager
 async def running(config: Config, **kwargs: Any) -> AsyncIterator[Daemon]:
+    if not structlog.is_configured():
+        # As `convai-monitor run` does: logs go to stderr. structlog's default prints to
+        # stdout, where an in-process CLI call (cli_json) would read them as its output.
+        setup_logging("debug")
     store = open_store(config)
     daemon = Daemon(config, store, **kwargs)
     task = asyncio.create_task(daemon.run())
