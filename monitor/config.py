@@ -77,6 +77,9 @@ class ConvaiConfig(Strict):
     retry_budget: Duration = 30.0
     # How often `list` is read to learn which endpoint each group is on (drift detection).
     sync_interval: Duration = 300.0
+    # Convai unreachable this long is paged (critical): no group can be failed over then.
+    # Shorter outages are common (a deploy, a blip) and cost nothing while nothing is down.
+    unreachable_grace: Duration = 120.0
 
     @field_validator("api_key")
     @classmethod

@@ -14,6 +14,7 @@ from monitor.cli import main
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.sim.receiver import AlertReceiver
+from tests.conftest import CONVAI_KEY
 from tests.harness import GROUP, World, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
@@ -89,7 +90,7 @@ async def test_frozen_group_moved_by_an_operator_then_failed_over_home_closes_th
     config = world.config()
     path = str(world.config_path())
     a, b, c = world.sims["a"], world.sims["b"], world.sims["c"]
-    async with running(config) as daemon:
+    async with running(config, config_path=path) as daemon:
         assert daemon.monitor is not None
         states = daemon.monitor.states
 
@@ -106,6 +107,21 @@ async def test_frozen_group_moved_by_an_operator_then_failed_over_home_closes_th
         await wait_for(lambda: health("c") == "up", what="c up")
         b.set(Behaviour.REFUSE)
         await wait_for(lambda: any("flapping" in t for t in paged(receiver)), what="frozen")
+        # The freeze page says what is broken, where the group is, and what to run.
+        frozen = next(r for r in receiver.received if "flapping" in r.title).message
+        assert "Broken: b: connect_error since " in frozen
+        assert "The group is on b (down)" in frozen
+        assert f"To act: convai-monitor failover -c {path} {GROUP} --to c" in frozen
+        after = len(receiver.received)
+        await wait_for(
+            lambda: any("still unresolved" in t for t in paged(receiver)[after:]),
+            what="a reminder of the freeze",
+        )
+        reminder = next(
+            r for r in receiver.received[after:] if "still unresolved" in r.title
+        ).message
+        assert "--to c" in reminder
+        assert "Broken: b: connect_error" in reminder
         assert await cli("failover", "-c", path, GROUP, "--to", "c", "--hold", "0") == 0
         a.set(Behaviour.OK)
         await wait_for(lambda: health("a") == "up", what="primary up")
@@ -115,3 +131,63 @@ async def test_frozen_group_moved_by_an_operator_then_failed_over_home_closes_th
     titles = paged(receiver)
     assert f"[CRITICAL] {GROUP}: flapping; switching frozen" in titles
     assert titles[-1] == f"[RESOLVED] {GROUP}: recovered; resolved"
+
+
+async def test_convai_unreachable_at_start_still_pages_and_is_paged_itself(
+    world: World, receiver: AlertReceiver
+) -> None:
+    """Neither Convai nor the endpoints answer from the start: health and its alerts do
+    not wait for Convai, and Convai unreachable past the grace period is a page of its
+    own, resolved when Convai is reached."""
+    world.extra["convai"] = {
+        "api_key": CONVAI_KEY,
+        "base_url": world.convai.base_url,
+        "timeout": 0.5,
+        "retry_budget": 0.5,
+        "unreachable_grace": 1.0,
+    }
+    world.convai.refuse()
+    for sim in world.sims.values():
+        sim.set(Behaviour.REFUSE)
+    config = world.config()
+    async with running(config):
+        await wait_for(
+            lambda: f"[CRITICAL] {GROUP}: all endpoints down" in paged(receiver),
+            what="all down paged without Convai",
+        )
+        await wait_for(
+            lambda: "[CRITICAL] convai: Convai unreachable; failover impossible" in paged(receiver),
+            what="Convai unreachable paged",
+        )
+        page = next(r for r in receiver.received if "Convai unreachable" in r.title)
+        assert "failover is impossible while Convai cannot be reached" in page.message
+        world.convai.restore()
+        world.sims["a"].set(Behaviour.OK)
+        await wait_for(
+            lambda: "[RESOLVED] convai: Convai reachable again; resolved" in paged(receiver),
+            limit=15,
+            what="Convai resolved",
+        )
+        await wait_for(
+            lambda: f"[RESOLVED] {GROUP}: recovered; resolved" in paged(receiver),
+            limit=15,
+            what="group resolved",
+        )
+    titles = paged(receiver)
+    assert titles.count(f"[CRITICAL] {GROUP}: all endpoints down") == 1  # not again after sync
+
+
+async def test_a_failover_page_says_what_broke_where_the_group_is_and_what_to_run(
+    world: World, receiver: AlertReceiver
+) -> None:
+    config = world.config()
+    path = str(world.config_path())
+    async with running(config, config_path=path):
+        await settled(world)
+        world.sims["a"].set(Behaviour.HTTP_500)
+        await wait_for(lambda: bool(paged(receiver)), what="the page")
+    page = receiver.received[0]
+    assert page.title == f"[CRITICAL] {GROUP}: failed over"
+    assert "Broken: a: http_5xx HTTP 500 since " in page.message
+    assert "The group is now on b, which passed pre-flight" in page.message
+    assert f"To act: convai-monitor explain -c {path} {GROUP}" in page.message

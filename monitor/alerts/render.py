@@ -35,6 +35,8 @@ HEADLINES = {
     "key_rotation": "endpoint key rotated in Convai",
     "convai_auth_failed": "Convai rejects the monitor's key; no switch possible",
     "convai_auth_ok": "Convai accepts the monitor's key again; resolved",
+    "convai_unreachable": "Convai unreachable; failover impossible",
+    "convai_reachable": "Convai reachable again; resolved",
     "reminder": "still unresolved",
     "test": "test notification",
 }
@@ -85,6 +87,10 @@ def render(
         lines.append(f"Detection to switch: {details['detection_to_switch_s']}s")
     if details.get("transaction_id"):
         lines.append(f"Convai transactionID: {details['transaction_id']}")
+    if details.get("broken"):
+        lines.append(f"Broken: {details['broken']}")
+    if details.get("where"):
+        lines.append(f"The group is {details['where']}")
     if details.get("command"):
         lines.append(f"To act: {details['command']}")
     if incident is not None:

@@ -78,6 +78,8 @@ RULES: dict[str, Rule] = {
     "key_rotation": Rule(Severity.INFO, Effect.ATTACH),
     "convai_auth_failed": Rule(Severity.CRITICAL, Effect.OPEN),
     "convai_auth_ok": Rule(Severity.INFO, Effect.CLOSE),
+    "convai_unreachable": Rule(Severity.CRITICAL, Effect.OPEN),
+    "convai_reachable": Rule(Severity.INFO, Effect.CLOSE),
 }
 
 

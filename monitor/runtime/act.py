@@ -13,6 +13,7 @@ import structlog
 from monitor.config import GroupConfig
 from monitor.domain.failover import Action, Decision, GroupView, pinned
 from monitor.domain.health import Health
+from monitor.runtime.briefing import brief
 from monitor.runtime.context import Context
 from monitor.runtime.evidence import Evidence
 from monitor.runtime.switcher import Switcher, SwitchOutcome, SwitchRequest
@@ -21,6 +22,9 @@ from monitor.store import EndpointKey
 from monitor.store.switching import GroupRecord
 
 log = structlog.get_logger()
+
+# Critical conditions: their page says what is broken, where the group is, what to run.
+_BRIEFED = frozenset({Action.ALL_DOWN, Action.ISOLATED, Action.FLAPPING})
 
 # Switches whose failure leaves characters on a broken endpoint or key: on-call hears.
 _ANNOUNCED = frozenset({Action.FAILOVER, Action.REHOME, Action.KEY_ROTATION})
@@ -91,7 +95,7 @@ class Actor:
             )
             record = replace(record, condition=None)
         if decision.switches:
-            await self._switch(group, record, decision)
+            await self._switch(group, record, decision, view)
             return
         if decision.action is Action.STAY:
             self.dry_noted.discard(name)
@@ -127,9 +131,24 @@ class Actor:
             unpin = f"convai-monitor unpin -c {config} {name}"
             reason = f"{reason}: pinned to a down endpoint; unpin ({unpin}) or move it ({move})"
             details = {"command": move, "unpin": unpin}
+        if decision.action in _BRIEFED:
+            details = {**self._brief(name, view, decision, now), **(details or {})}
         await self.beliefs.condition(name, decision.action.value, reason, now, details=details)
 
-    async def _switch(self, group: GroupConfig, record: GroupRecord, decision: Decision) -> None:
+    def _brief(self, name: str, view: GroupView, decision: Decision, now: float) -> dict[str, Any]:
+        return brief(
+            group=name,
+            view=view,
+            decision=decision,
+            evidence=self.evidence,
+            states=self.ctx.monitor.states,
+            config_path=self.ctx.config_path,
+            now=now,
+        )
+
+    async def _switch(
+        self, group: GroupConfig, record: GroupRecord, decision: Decision, view: GroupView
+    ) -> None:
         name = group.model_group_name
         active = record.active_endpoint
         kind = decision.action.value
@@ -148,6 +167,15 @@ class Actor:
                 for r in evidence.recent
             ],
         }
+        briefing: dict[str, Any] = {}
+        if decision.action is Action.FAILOVER:
+            briefing = self._brief(name, view, decision, time.time())
+            config = self.ctx.config_path or "CONFIG"
+            to = decision.candidates[0] if decision.candidates else None
+            if to is not None:
+                # Said by the failover_failed page: the group is still on a down endpoint.
+                briefing["retry_command"] = f"convai-monitor failover -c {config} {name} --to {to}"
+            details.update(briefing)
         request = SwitchRequest(
             group=name,
             kind=kind,
@@ -173,9 +201,11 @@ class Actor:
             self.ctx.background(self.resync(), f"sync-after-readback:{name}")
         if outcome.status in ("confirmed", "failed", "dry_run"):
             self.ctx.monitor.metrics.switches.labels(name, kind, outcome.status).inc()
-        await self._after_switch(name, kind, outcome)
+        await self._after_switch(name, kind, outcome, briefing)
 
-    async def _after_switch(self, name: str, kind: str, outcome: SwitchOutcome) -> None:
+    async def _after_switch(
+        self, name: str, kind: str, outcome: SwitchOutcome, briefing: dict[str, Any]
+    ) -> None:
         now = time.time()
         status = outcome.status
         if status == "confirmed":
@@ -194,7 +224,13 @@ class Actor:
         else:
             self._back_off(name, now)
             if status == "preflight_failed" and kind == "failover":
-                await self.beliefs.condition(name, "preflight_failed", outcome.message, now)
+                details = {k: v for k, v in briefing.items() if k != "retry_command"}
+                if details:
+                    config = self.ctx.config_path or "CONFIG"
+                    details["command"] = f"convai-monitor check -c {config} --group {name}"
+                await self.beliefs.condition(
+                    name, "preflight_failed", outcome.message, now, details=details or None
+                )
             elif status == "preflight_failed":
                 # The group is fine where it is; the better endpoint just is not ready.
                 log.warning("failback_postponed", group=name, reason=outcome.message)

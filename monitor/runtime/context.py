@@ -93,9 +93,16 @@ class Beliefs:
         level = log.info if clear else log.warning
         level(kind, group=group, reason=message)
 
-    async def note(self, group: str, kind: str, message: str, details: dict[str, Any]) -> None:
+    async def note(
+        self,
+        group: str,
+        kind: str,
+        message: str,
+        details: dict[str, Any],
+        level: str = "warning",
+    ) -> None:
         await self.write(self.switches.record, group, kind, message, time.time(), details=details)
-        log.warning(kind, group=group, reason=message)
+        getattr(log, level)(kind, group=group, reason=message)
 
 
 @dataclass

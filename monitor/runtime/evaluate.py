@@ -36,6 +36,9 @@ from monitor.store.switching import GroupRecord, key_digest
 
 log = structlog.get_logger()
 
+# While Convai cannot be reached (or has never been read), it is tried again this often.
+CONVAI_RETRY = 5.0
+
 
 class Evaluator:
     def __init__(self, ctx: Context, sync: Sync, switcher: Switcher) -> None:
@@ -44,6 +47,9 @@ class Evaluator:
         self.sync = sync
         self.evidence: dict[EndpointKey, Evidence] = {}
         self.isolation = Isolation(ctx, self.evidence)
+        # Groups paged all-down before Convai was first read (no group record to hold the
+        # condition yet).
+        self.unsynced_down: set[str] = set()
         self.actor = Actor(ctx, switcher, self.evidence, sync)
         monitor = ctx.monitor
         self.notices = Notices(monitor.targets, monitor.states, self.beliefs.active.get)
@@ -70,20 +76,54 @@ class Evaluator:
 
     async def tick(self) -> None:
         """Periodic evaluation: failback timers, pin expiry, retries of failed switches."""
-        if not self.sync.reconciled:
-            await self.sync.sync()
+        sync, now = self.sync, time.time()
+        retry = not sync.reconciled or not sync.convai_reachable
+        if retry and now - sync.last_attempt >= CONVAI_RETRY and not sync.busy:
+            # In the background: a Convai that does not answer costs a sync its whole
+            # retry budget, and evaluation, health and alerts must not wait for that.
+            self.ctx.background(sync.sync(), "sync-retry")
+        await sync.check_reachable(now)
         for group in self.ctx.config.groups:
             self.spawn(group.model_group_name)
 
     async def evaluate(self, name: str) -> None:
         group = self.ctx.config.group(name)
-        if group is None or not self.sync.reconciled:
+        if group is None:
             return
         async with self.beliefs.lock(name):
             try:
-                await self._evaluate(group)
+                if self.sync.reconciled:
+                    await self._evaluate(group)
+                else:
+                    await self._unsynced(group)
             except Exception as exc:  # one group's trouble must not stop the others
                 log.exception("evaluation_failed", group=name, error=str(exc))
+
+    async def _unsynced(self, group: GroupConfig) -> None:
+        """Convai has not been read yet, so where the group points is unknown and nothing
+        can be switched; but every endpoint being down is known, and is paged now."""
+        name = group.model_group_name
+        states = self.ctx.monitor.states
+        healths = [states.get((name, e.name), HealthState()).health for e in group.endpoints]
+        if all(h is Health.DOWN for h in healths) and name not in self.unsynced_down:
+            self.unsynced_down.add(name)
+            self.ctx.monitor.urgent.add(name)
+            await self.beliefs.note(
+                name,
+                "all_down",
+                f"every endpoint of {name} is down ("
+                + ", ".join(e.name for e in group.endpoints)
+                + "); Convai has not been reached yet, so nothing can be switched",
+                {},
+                level="error",
+            )
+        elif name in self.unsynced_down and any(h is Health.UP for h in healths):
+            self.unsynced_down.discard(name)
+            self.ctx.monitor.urgent.discard(name)
+            up = [e.name for e, h in zip(group.endpoints, healths, strict=True) if h is Health.UP]
+            await self.beliefs.note(
+                name, "recovered", f"recovered: {', '.join(up)} up again", {}, level="info"
+            )
 
     async def _evaluate(self, group: GroupConfig) -> None:
         name = group.model_group_name
@@ -92,6 +132,13 @@ class Evaluator:
         record = (await beliefs.snapshot()).get(name)
         if record is None:
             return
+        if name in self.unsynced_down:
+            # Paged before Convai was read: the group record takes the condition over, so
+            # the incident goes on (and ends) without a second all-down page.
+            self.unsynced_down.discard(name)
+            if record.condition is None:
+                await beliefs.write(beliefs.switches.set_condition, name, "all_down")
+                record = replace(record, condition="all_down")
         active_target = monitor.targets.get((name, record.active_endpoint or ""))
         if record.key_digest is None and active_target is not None:
             # First sight: nothing says which key Convai holds; take the configured one.

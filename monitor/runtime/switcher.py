@@ -267,12 +267,17 @@ class Switcher:
     async def _fail(
         self, request: SwitchRequest, chosen: Target, intent: SwitchRecord, error: str
     ) -> SwitchOutcome:
+        details = dict(request.details or {})
+        if "where" in details:
+            details["where"] = f"still on {request.expected_active} (the switch failed)"
+        if "retry_command" in details:
+            details["command"] = details.pop("retry_command")
         failed: SwitchRecord = await self.call(
             self.switches.fail_switch,
             intent.id,
             error=error,
             at=time.time(),
-            details=request.details,
+            details=details,
             announce=request.announce_failure,
         )
         log.error("switch_failed", group=request.group, kind=request.kind, error=error)
@@ -302,6 +307,9 @@ class Switcher:
             }.get(how, f" (Convai accepted the update, but its {how})")
         )
         details = dict(request.details or {})
+        details.pop("retry_command", None)
+        if "where" in details:
+            details["where"] = f"now on {chosen.endpoint}, which passed pre-flight"
         details["transaction_id"] = transaction_id
         if request.detected_at is not None:
             details["detection_to_switch_s"] = round(now - request.detected_at, 3)
@@ -322,7 +330,10 @@ class Switcher:
             # confirms it from Convai's list.
             log.error("switch_record_failed", group=request.group, error=str(exc))
             return SwitchOutcome("unrecorded", switch=intent, target=chosen, message=message)
-        log.warning(
+        # A failover means something broke (error); a failback or an operator's move is
+        # the system doing what it should (info).
+        level = log.error if request.kind == "failover" else log.info
+        level(
             f"{request.kind}_completed",
             group=request.group,
             from_endpoint=request.expected_active,

@@ -7,12 +7,14 @@ import asyncio
 import time
 from collections.abc import Callable
 from dataclasses import replace
+from datetime import UTC, datetime
 
 import structlog
 
 from monitor.config import GroupConfig, display_url, normalize_url
 from monitor.convai import ConvaiError, ConvaiUnreachable, ModelList
 from monitor.domain.health import Health, HealthState
+from monitor.durations import format_duration
 from monitor.runtime.context import Context
 from monitor.store.switching import GroupRecord, key_digest
 
@@ -27,6 +29,10 @@ CONVAI = "convai"
 
 class StartupError(Exception):
     """The daemon must not start (exit 2): e.g. a configured group Convai does not know."""
+
+
+def _clock(ts: float) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ")
 
 
 def find_endpoint(group: GroupConfig, base_url: str | None) -> str | None:
@@ -60,6 +66,11 @@ class Sync:
         self.reconciled = False
         self.synced = False  # Convai's list has been read at least once
         self.convai_reachable = True
+        # Since when Convai cannot be reached (None: it can), and whether that was paged.
+        self.unreachable_since: float | None = None
+        self.unreachable_error = ""
+        self._unreachable_paged = False
+        self.last_attempt = 0.0
         self._lock = asyncio.Lock()
         self._mismatch_noted: set[str] = set()
 
@@ -68,11 +79,12 @@ class Sync:
     async def start(self) -> None:
         """Reconcile interrupted switches, then learn where every group points."""
         fetched_at = time.time()
+        self.last_attempt = fetched_at
         try:
             listing = await self.ctx.convai.list_models()
         except ConvaiUnreachable as exc:
-            # Keep probing; decisions wait until Convai has been read (see evaluate).
-            self.convai_reachable = False
+            # Keep probing and judging; switching waits until Convai has been read.
+            self._unreachable(exc, fetched_at)
             log.error("convai_unreachable_at_start", error=str(exc))
             return
         except ConvaiError as exc:
@@ -183,15 +195,19 @@ class Sync:
         async with self._lock:  # one sync at a time: each compares against the last
             await self._refresh_key_files()
             fetched_at = time.time()
+            self.last_attempt = fetched_at
             try:
                 listing = await self.ctx.convai.list_models()
             except ConvaiError as exc:
-                self.convai_reachable = not isinstance(exc, ConvaiUnreachable)
+                if isinstance(exc, ConvaiUnreachable):
+                    self._unreachable(exc, fetched_at)
+                else:
+                    self.convai_reachable = True
                 log.warning("convai_sync_failed", error=str(exc))
                 if exc.http_status in (401, 403):
                     await self._rejected_key(str(exc))
                 return
-            self.convai_reachable = True
+            await self._reached(time.time())
             if self._rejected:
                 self._rejected = False
                 await self.beliefs.note(
@@ -199,6 +215,53 @@ class Sync:
                 )
             await self._reconcile(listing, stale_only=self.reconciled)
             await self._apply_listing(listing, fetched_at)
+
+    def _unreachable(self, exc: ConvaiError, at: float) -> None:
+        self.convai_reachable = False
+        self.unreachable_error = str(exc)
+        if self.unreachable_since is None:
+            self.unreachable_since = at
+
+    async def _reached(self, now: float) -> None:
+        self.convai_reachable = True
+        since, self.unreachable_since = self.unreachable_since, None
+        if self._unreachable_paged and since is not None:
+            self._unreachable_paged = False
+            await self.beliefs.note(
+                CONVAI,
+                "convai_reachable",
+                f"Convai is reachable again after {format_duration(now - since)}: "
+                "failover is possible again",
+                {},
+                level="info",
+            )
+
+    @property
+    def busy(self) -> bool:
+        return self._lock.locked()
+
+    async def check_reachable(self, now: float) -> None:
+        """Page once when Convai has been unreachable past unreachable_grace."""
+        since = self.unreachable_since
+        grace = self.ctx.config.convai.unreachable_grace
+        if since is None or self._unreachable_paged or now - since < grace:
+            return
+        self._unreachable_paged = True
+        config = self.ctx.config_path or "CONFIG"
+        url = display_url(self.ctx.config.convai.base_url)
+        await self.beliefs.note(
+            CONVAI,
+            "convai_unreachable",
+            f"Convai ({url}) has been unreachable for {format_duration(now - since)} "
+            f"({self.unreachable_error}): failover is impossible while Convai cannot be "
+            "reached. Probing and endpoint alerts go on.",
+            {
+                "broken": f"Convai at {url}: unreachable since {_clock(since)}",
+                "command": f"convai-monitor models list -c {config}  "
+                "(checks this host can reach Convai)",
+            },
+            level="error",
+        )
 
     async def _rejected_key(self, error: str) -> None:
         """Convai rejects our own key: no switch can happen until someone fixes it."""

@@ -166,11 +166,33 @@ class Outbox:
         ):
             incident.last_sent_at = now
             rule = Rule(Severity.CRITICAL, Effect.ATTACH)
-            message = f"Still unresolved: {incident.title}"
+            message = self._reminder_text(session, incident, now)
             written += self._write(
                 session, incident.group_name, "reminder", message, None, rule, incident, now, None
             )
         return written
+
+    def _reminder_text(self, session: Session, incident: IncidentRow, now: float) -> str:
+        """The newest critical alert of the incident (what is broken, where the group is,
+        the command), not its first line: an incident's story moves on."""
+        latest = session.scalars(
+            select(OutboxRow.body)
+            .where(
+                OutboxRow.incident_id == incident.id,
+                OutboxRow.severity >= int(Severity.CRITICAL),
+                OutboxRow.kind != "reminder",
+            )
+            .order_by(OutboxRow.id.desc())
+            .limit(1)
+        ).first()
+        minutes = max(0, round((now - incident.opened_at) / 60))
+        head = f"Still unresolved after {minutes} min."
+        if latest is None:
+            return f"{head} {incident.title}"
+        body = "\n".join(
+            line for line in latest.splitlines() if not line.startswith(("Incident #", "This is"))
+        )
+        return f"{head} The latest:\n{body}"
 
 
 class Deliveries:
