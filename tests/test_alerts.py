@@ -307,8 +307,25 @@ async def test_auth_error_is_a_warning_not_an_outage(world: World, receiver: Ale
         await wait_for(lambda: world.sims["b"].requests >= seen + 3, what="more probes")
     auth = [r for r in receiver.received if "rejects its API key" in r.title]
     assert len(auth) == 1  # once per episode, not per probe
-    assert "not an outage" in auth[0].message
+    assert "Not an outage" in auth[0].message
     assert kinds(receiver, "pager") == []
+
+
+async def test_auth_error_on_the_active_endpoint_is_told_as_an_outage(
+    world: World, receiver: AlertReceiver
+) -> None:
+    # Convai calls the active endpoint with the same key: the notice must not say "not an
+    # outage" a second before the failover page says the opposite.
+    config = world.config()
+    async with running(config):
+        await wait_for(lambda: world.sims["b"].requests >= 2, what="probes")
+        world.sims["a"].set(Behaviour.UNAUTHORIZED)
+        await wait_for(
+            lambda: any("rejects its API key" in t for t in kinds(receiver, "all")), what="auth"
+        )
+    (auth,) = [r for r in receiver.received if "rejects its API key" in r.title]
+    assert "Not an outage" not in auth.message
+    assert "characters get the same error" in auth.message
 
 
 async def test_no_secret_in_any_alert(

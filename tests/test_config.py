@@ -280,3 +280,28 @@ def test_instance_name_must_be_a_plain_name() -> None:
     found = problems(GOOD + "instance:\n  name: 'east coast'\n")
     assert len(found) == 1
     assert found[0].startswith("instance.name: ")
+
+
+def test_failure_rate_and_failover_on() -> None:
+    config = parse_config(
+        GOOD.replace(
+            "  timeout: 15s\n", "  timeout: 15s\n  failure_rate: {threshold: 40%}\n"
+        ).replace(
+            "    fall: 5\n",
+            "    fall: 5\n    failure_rate: {window: 2m, min_probes: 20, threshold: 25%}\n"
+            "    latency_threshold: 8s\n    failover_on: [errors, latency]\n",
+        ),
+        env=ENV,
+    )
+    policy = config.groups[0].policy
+    assert policy.failure_rate.window == 120.0
+    assert policy.failure_rate.min_probes == 20
+    assert policy.failure_rate.threshold == pytest.approx(0.25)
+    assert policy.failover_on == ("errors", "latency")
+    assert config.defaults.failure_rate.threshold == pytest.approx(0.40)
+    no_threshold = GOOD.replace("    fall: 5\n", "    failover_on: [errors, latency]\n")
+    assert problems(no_threshold) == ["groups[0]: failover_on: latency needs latency_threshold"]
+    bad = GOOD.replace("    fall: 5\n", "    failure_rate: {threshold: lots}\n")
+    assert any(
+        p.startswith("groups[0].failure_rate.threshold: not a percentage") for p in problems(bad)
+    )

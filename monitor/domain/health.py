@@ -229,12 +229,15 @@ def recovering(state: HealthState, now: float, limits: Thresholds) -> bool:
 
     The engine re-probes the active endpoint right before a failover and stays if this is
     true. For a streak, one success is enough; for a rate or latency verdict, one lucky
-    answer is not: the window itself must have come back under the threshold.
+    answer is not: the window itself must have come back to half the threshold.
     """
     if state.health is not Health.DOWN or state.successes == 0:
         return False
     if state.cause is Cause.RATE:
-        return not rate_failing(state, now, limits)
+        # Back to at most half the threshold (the clean bound), not merely under it: a
+        # rate verdict sits near the threshold, where one lucky answer would tip it back.
+        seen = window(state, now, limits.rate.window)
+        return seen.rate <= limits.rate.threshold / 2.0
     if state.cause is Cause.SLOW:
         return not too_slow(state, now, limits)
     return True

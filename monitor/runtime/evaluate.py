@@ -178,7 +178,10 @@ class Evaluator:
         state = group_state(view, decision, now)
         if state.value != record.state:
             await beliefs.write(beliefs.switches.set_state, name, state.value)
-        if decision.action is Action.ALL_DOWN:
+        active_down = any(e.name == view.active and e.health is Health.DOWN for e in view.endpoints)
+        if decision.action is Action.ALL_DOWN or active_down:
+            # Nothing healthy, or characters failing on a down active endpoint that we
+            # stay on for now: every endpoint is probed fast, so the next verdict is soon.
             monitor.urgent.add(name)
         else:
             monitor.urgent.discard(name)
