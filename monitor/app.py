@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
 import time
 from contextlib import suppress
@@ -15,6 +16,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from monitor.alerts.delivery import Deliverer, Notifier
 from monitor.config import Config, ConfigError, Target, build_targets, load_config
 from monitor.convai import ConvaiClient, ConvaiError
+from monitor.domain.deadline import WINDOW
 from monitor.domain.health import Health
 from monitor.domain.outcome import ProbeResult
 from monitor.metrics import Metrics
@@ -25,7 +27,7 @@ from monitor.runtime.leader import Leadership
 from monitor.runtime.monitor import Monitor
 from monitor.runtime.recorder import Recorder
 from monitor.runtime.retarget import retarget
-from monitor.server import Check, StatusServer
+from monitor.server import Check, ListenError, StatusServer
 from monitor.store import Store
 from monitor.store.lease import Leases
 from monitor.store.outbox import Deliveries, Outbox
@@ -39,13 +41,21 @@ log = structlog.get_logger()
 MAINTENANCE_INTERVAL = 300.0
 # SIGTERM must end the process within a few seconds even with probes hanging.
 DRAIN_TIMEOUT = 3.0
-# A switch in flight gets longer to finish than a probe: half a switch is worse. 5 s, so
-# that with the final alert pass and the flush the process is gone within the 6 s the
-# README promises (an interrupted switch stays open and is reconciled at the next start).
-SWITCH_DRAIN_TIMEOUT = 5.0
+# A switch in flight gets longer to finish than a probe: half a switch is worse. 4 s, so
+# that with the final alert pass, the flush and the process's exit on a busy machine it
+# is gone within the 6 s the README promises (an interrupted switch stays open and is
+# reconciled at the next start).
+SWITCH_DRAIN_TIMEOUT = 4.0
 FINAL_DELIVERY_TIMEOUT = 2.0
 # The loop's proof of life (and systemd watchdog ping, when that is more often).
 HEARTBEAT_INTERVAL = 1.0
+# Config sections a reload applies while running (storage.retention too: maintenance
+# reads it each time). The database and the probe pool are opened once, at start.
+RELOADED_SECTIONS = frozenset(
+    {"convai", "defaults", "dry_run", "groups", "alerts", "server", "storage", "probes"}
+)
+# The heartbeat is written to the database this often, for `status` in another process.
+BEAT_WRITE_EVERY = 5.0
 HEALTH_STALE_AFTER = 10.0
 STATUS_EVERY = 10  # seconds between STATUS= updates to systemd
 # Groups are re-evaluated this often (failback timers, pin expiry, retries), besides
@@ -171,6 +181,7 @@ class Daemon:
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         self.jobs = Jobs()
         self.heartbeat = 0.0
+        self._beat_written = 0.0
         self.reloads = 0
         self._reload_lock = asyncio.Lock()
         self._tasks: set[asyncio.Task[None]] = set()
@@ -214,6 +225,10 @@ class Daemon:
             log.info("daemon_stopping")
         finally:
             await self._shutdown()
+            with suppress(Exception):
+                # `status` says "not running" at once after a clean stop, not after the
+                # heartbeat goes stale.
+                await recorder.call(self.store.beat, time.time(), os.getpid(), stopped=True)
             await recorder.close()
             await prober.aclose()
             await convai.aclose()
@@ -246,6 +261,9 @@ class Daemon:
         }
         monitor = Monitor(self.scheduler, prober, recorder, ids, states, metrics)
         self.monitor = monitor
+        # Learned deadlines survive a restart: the last hour of successes, read once.
+        for key, samples in (await recorder.call(store.latencies, now - WINDOW)).items():
+            monitor.learn(key, samples)
         recorder.start()
         monitor.targets.update({(t.group, t.endpoint): t for t in targets})
         notifier = Notifier(config.alerts)
@@ -282,6 +300,7 @@ class Daemon:
         self.engine = engine
         # The first instance up leads at once; the others follow until the lease lapses.
         await self._renew()
+        self.deliverer.serving = lambda: engine.beliefs.serving
         # Reconcile interrupted switches and learn where groups point before probing.
         await engine.start()
         # The sync may have moved a group's probes to Convai's model.
@@ -404,6 +423,10 @@ class Daemon:
     async def _beat(self) -> None:
         """Proof of life from the loop itself: a hung loop stops beating and is restarted."""
         self.heartbeat = time.time()
+        if self.heartbeat - self._beat_written >= BEAT_WRITE_EVERY and self.monitor is not None:
+            self._beat_written = self.heartbeat
+            with suppress(Exception):  # a busy database must not stop the watchdog
+                await self.monitor.recorder.call(self.store.beat, self.heartbeat, os.getpid())
         self.notify.watchdog()
         if int(self.heartbeat) % STATUS_EVERY == 0:
             self.notify.status(self.summary())
@@ -484,6 +507,7 @@ class Daemon:
         )
         states = await monitor.recorder.call(self.store.own_health)
         changes = retarget(monitor, targets, ids, states)
+        previous = self.config
         self.config = config
         engine.config = config
         engine.switcher.dry_run = self.dry_run_flag or config.dry_run
@@ -491,8 +515,17 @@ class Daemon:
         await self._unmonitor({g for g, _ in changes.removed}, config)
         self._apply_alerts(config)
         self._schedule(config)
+        await self._apply_server(previous, config)
         self.reloads += 1
-        log.info("config_reloaded", **changes.log_fields())
+        sections = changed_sections(previous, config)
+        log.info("config_reloaded", sections=sections, **changes.log_fields())
+        later = restart_needed(previous, config)
+        if later:
+            log.warning(
+                "config_reload_needs_restart",
+                settings=later,
+                hint="these take effect at the next start (systemctl restart convai-monitor)",
+            )
         self._background(engine.sync())
 
     async def _load(self) -> tuple[Config, list[Target]] | None:
@@ -539,6 +572,26 @@ class Daemon:
                 time.time(),
             )
 
+    async def _apply_server(self, previous: Config, config: Config) -> None:
+        """A new server.listen is served at once; the old address is closed."""
+        if previous.server.listen == config.server.listen:
+            return
+        if self.server is not None:
+            await asyncio.to_thread(self.server.stop)
+            self.server = None
+        if not config.server.listen:
+            return
+        server = status_server(
+            config, lambda: self.config, self.health_check, self.ready_check, self.metrics.render
+        )
+        try:
+            server.start()
+        except ListenError as exc:
+            log.error("server_listen_failed", problem=str(exc))
+            return
+        self.server = server
+        log.info("server_listening", listen=f"{server.host}:{server.port}")
+
     def _apply_alerts(self, config: Config) -> None:
         notifier = Notifier(config.alerts)
         if self.deliverer is not None:
@@ -567,3 +620,18 @@ class Daemon:
 async def _close_later(client: ConvaiClient) -> None:
     await asyncio.sleep(60)  # a call in flight on the old client gets to finish
     await client.aclose()
+
+
+def restart_needed(old: Config, new: Config) -> list[str]:
+    """Changed settings that only a restart applies."""
+    later = [name for name in changed_sections(old, new) if name not in RELOADED_SECTIONS]
+    if old.storage.url != new.storage.url:
+        later.append("storage.url")
+    if old.probes != new.probes:
+        later.append("probes")
+    return later
+
+
+def changed_sections(old: Config, new: Config) -> list[str]:
+    """Top-level config sections whose value differs (secrets compared, never shown)."""
+    return [name for name in type(new).model_fields if getattr(old, name) != getattr(new, name)]

@@ -106,7 +106,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 def cmd_status(args: argparse.Namespace) -> int:
     from monitor.app import open_store
     from monitor.report import fmt_ms, fmt_pct, table
-    from monitor.state import State
+    from monitor.state import State, daemon_liveness
 
     config = _config(args)
     store = open_store(config, migrate=False)
@@ -116,12 +116,14 @@ def cmd_status(args: argparse.Namespace) -> int:
                 "database has no current schema: run `convai-monitor db upgrade -c FILE` "
                 "or start the daemon once"
             )
-        report = State(config, store, _config_arg(args)).status(time.time())
+        now = time.time()
+        report = State(config, store, _config_arg(args)).status(now)
+        daemon = daemon_liveness(store.last_beat(), now)
     finally:
         store.close()
     if args.json:
         _json(report)
-        return EXIT_OK
+        return EXIT_OK if daemon["running"] else EXIT_UNHEALTHY
     rows = []
     for group in report["groups"]:
         for endpoint in group["endpoints"]:
@@ -140,6 +142,7 @@ def cmd_status(args: argparse.Namespace) -> int:
                     fmt_ms(endpoint["latency_ms"]["p95"]),
                 )
             )
+    _out(daemon["text"] if daemon["running"] else f"WARNING: {daemon['text']}")
     for group in report["groups"]:
         last = group["last_switch"]
         switched = f", last switch {last['from']} -> {last['to']} at {last['at']}" if last else ""
@@ -168,6 +171,8 @@ def cmd_status(args: argparse.Namespace) -> int:
         _out(f"leader: {cluster['leader'] or 'none'}{lease}")
         for instance in cluster["instances"]:
             _out(f"  {instance['name']}: last heartbeat {instance['heartbeat_at']}")
+    _out()
+    _out(_cost_table(report))
     for group in report["unmonitored"]:
         _out(f"unmonitored: {group['model_group_name']} ({group['base_url']}) is not in the config")
     alerts = report["alerts"]
@@ -181,7 +186,34 @@ def cmd_status(args: argparse.Namespace) -> int:
             f"  last failed delivery: {failure['kind']} for {failure['group']} to "
             f"{failure['target']}: {failure['error']}"
         )
-    return EXIT_OK
+    return EXIT_OK if daemon["running"] else EXIT_UNHEALTHY
+
+
+def _count(value: int) -> str:
+    return f"{value:,}"
+
+
+def _cost_table(report: dict[str, Any]) -> str:
+    """What probing costs: probes and tokens of the last 24 h, and a month at that pace."""
+    from monitor.report import table
+
+    rows = []
+    for group in report["groups"]:
+        for endpoint in group["endpoints"]:
+            usage = endpoint["usage_24h"]
+            cost = usage["cost_per_month"]
+            rows.append(
+                (
+                    group["model_group_name"],
+                    endpoint["name"],
+                    _count(usage["probes"]),
+                    _count(usage["tokens"]),
+                    _count(usage["tokens_per_month"]),
+                    "-" if cost is None else f"{cost:,.2f}",
+                )
+            )
+    headers = ["GROUP", "ENDPOINT", "PROBES 24H", "TOKENS 24H", "TOKENS/MONTH", "COST/MONTH"]
+    return table(headers, rows)
 
 
 def _config_arg(args: argparse.Namespace) -> str:

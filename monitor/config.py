@@ -170,6 +170,11 @@ class Policy(Strict):
     # What makes the active endpoint worth leaving: failed probes, and (when listed) a
     # window p95 latency over latency_threshold.
     failover_on: tuple[Literal["errors", "latency"], ...] = Field(default=("errors",), min_length=1)
+    # Learned deadline: a probe unanswered after max(deadline_floor, deadline_factor x the
+    # endpoint's p99 over the last hour) fails as a timeout then (never later than timeout),
+    # so a hang is detected at the pace of the endpoint's own normal, not of `timeout`.
+    deadline_floor: Duration = 2.0
+    deadline_factor: float = Field(default=4.0, ge=1.0, le=100.0)
 
     @model_validator(mode="after")
     def _cadence(self) -> Policy:
@@ -203,6 +208,9 @@ class EndpointConfig(Strict):
     base_url: Url
     api_key: SecretStr | None = None
     api_key_file: Path | None = None
+    # What the provider charges per 1,000 tokens (any currency): probes' tokens become money
+    # in status. Unset: tokens only.
+    price_per_1k_tokens: float | None = Field(default=None, ge=0)
 
     @model_validator(mode="after")
     def _one_key(self) -> EndpointConfig:

@@ -32,6 +32,12 @@ class Metrics:
             ["group", "endpoint", "outcome"],
             registry=r,
         )
+        self.probe_tokens = Counter(
+            "convai_monitor_probe_tokens",
+            "Tokens spent by probes as the endpoints reported them, by kind (prompt, completion).",
+            ["group", "endpoint", "kind"],
+            registry=r,
+        )
         self.endpoint_up = Gauge(
             "convai_monitor_endpoint_up",
             "1 if the endpoint is judged up, 0 if down, -1 while unknown.",
@@ -85,6 +91,12 @@ class Metrics:
             self.probe_latency.labels(result.group, result.endpoint).observe(
                 result.latency_ms / 1000.0
             )
+        for kind, tokens in (
+            ("prompt", result.prompt_tokens),
+            ("completion", result.completion_tokens),
+        ):
+            if tokens:
+                self.probe_tokens.labels(result.group, result.endpoint, kind).inc(tokens)
         self.health(result.group, result.endpoint, health)
 
     def health(self, group: str, endpoint: str, health: Health) -> None:

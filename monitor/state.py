@@ -16,6 +16,7 @@ from typing import Any
 from sqlalchemy import select
 
 from monitor.config import Config, display_url
+from monitor.domain.failover import failback_wait
 from monitor.domain.health import Health
 from monitor.domain.latency import Bucket, fold, hist_percentile
 from monitor.durations import format_duration
@@ -23,7 +24,7 @@ from monitor.report import iso
 from monitor.store import Store
 from monitor.store.lease import Leases
 from monitor.store.outbox import Deliveries
-from monitor.store.store import HOUR, WindowStats
+from monitor.store.store import HOUR, Usage, WindowStats
 from monitor.store.switching import EventRecord, GroupRecord, SwitchLog
 from monitor.store.tables import EventRow
 
@@ -43,6 +44,28 @@ def _latency(window: WindowStats | None) -> dict[str, float | None]:
     if window is None:
         return {"p50": None, "p95": None}
     return {"p50": _round(window.p50_ms), "p95": _round(window.p95_ms)}
+
+
+# A month, for the cost estimate: the last 24 hours times this.
+MONTH_DAYS = 30
+
+
+def _usage(usage: Usage | None, price_per_1k: float | None) -> dict[str, Any]:
+    """Probes and tokens of the last 24 h, a month at that pace, and money when priced."""
+    probes = usage.probes if usage else 0
+    tokens = usage.tokens if usage else 0
+    month = tokens * MONTH_DAYS
+    return {
+        "probes": probes,
+        "prompt_tokens": usage.prompt_tokens if usage else 0,
+        "completion_tokens": usage.completion_tokens if usage else 0,
+        "tokens": tokens,
+        "probes_per_month": probes * MONTH_DAYS,
+        "tokens_per_month": month,
+        "price_per_1k_tokens": price_per_1k,
+        "cost": None if price_per_1k is None else round(tokens / 1000 * price_per_1k, 4),
+        "cost_per_month": None if price_per_1k is None else round(month / 1000 * price_per_1k, 2),
+    }
 
 
 def _pinned(record: GroupRecord | None, now: float) -> bool:
@@ -133,6 +156,38 @@ def latency_series(
     ]
 
 
+# The daemon writes its heartbeat every 5 s; three missed beats mean it is gone.
+DAEMON_STALE_AFTER = 15.0
+
+
+def daemon_liveness(beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
+    """Is a daemon running against this database? From its heartbeat row."""
+    if beat is None:
+        return {
+            "running": False,
+            "last_seen": None,
+            "stopped": False,
+            "seconds_ago": None,
+            "text": "daemon has never run against this database",
+        }
+    at = float(beat["at"])
+    ago = max(0, round(now - at))
+    running = not beat.get("stopped") and now - at <= DAEMON_STALE_AFTER
+    if running:
+        text = f"daemon running (pid {beat.get('pid')}, last seen {ago} s ago)"
+    elif beat.get("stopped"):
+        text = f"daemon not running (stopped {ago} s ago)"
+    else:
+        text = f"daemon not running (last seen {ago} s ago)"
+    return {
+        "running": running,
+        "last_seen": iso(at),
+        "stopped": bool(beat.get("stopped")),
+        "seconds_ago": ago,
+        "text": text,
+    }
+
+
 class State:
     """Reads the state of every configured group from the store, for one `now`."""
 
@@ -217,6 +272,12 @@ class State:
                             }
                             for name, view in sorted(views.get(key, {}).items())
                         },
+                        "usage_24h": _usage(
+                            store.usage(endpoint_id, now - DAY, now)
+                            if endpoint_id is not None
+                            else None,
+                            endpoint.price_per_1k_tokens,
+                        ),
                     }
                 )
             record = records.get(group.model_group_name)
@@ -276,6 +337,13 @@ class State:
         return {
             "generated_at": iso(now),
             "cluster": self.cluster(),
+            # What stays the same between two reads of one heartbeat (the page and
+            # `status --json` agree); "N s ago" is for people and is worded by the caller.
+            "daemon": {
+                k: v
+                for k, v in daemon_liveness(self.store.last_beat(), now).items()
+                if k in ("running", "last_seen", "stopped")
+            },
             "groups": groups,
             "unmonitored": unmonitored,
             "alerts": {
@@ -409,6 +477,9 @@ class State:
             return [f"{group_name}: the daemon has not recorded anything about this group yet."]
         health = self.store.health()
         lines = []
+        daemon = daemon_liveness(self.store.last_beat(), now)
+        if not daemon["running"]:
+            lines.append(f"Note: {daemon['text']}; what follows is what it last recorded.")
         active = record.active_endpoint
         primary = group.primary.name
         if active is None:
@@ -447,25 +518,37 @@ class State:
             since = f" for {format_duration(now - state.since)}" if state.since else ""
             role = " (primary)" if endpoint.name == primary else ""
             lines.append(f"  {endpoint.name}{role}: {state.health.value}{since}")
+        pinned_now = _pinned(record, now)
         if active and active != primary:
             state = health.get((group_name, primary))
             policy = group.policy
             if state is not None and state.health.value == "up":
-                if policy.failback == "manual":
+                if pinned_now:
+                    lines.append(
+                        "The primary is up; the group stays where it is while it is pinned "
+                        "(see below)."
+                    )
+                elif policy.failback == "manual":
                     lines.append(
                         f"The primary is up again; failback is manual. To return: convai-monitor "
                         f"failover -c FILE {group_name} --to {primary}"
                     )
                 else:
+                    # The same wait decide() applies: doubled for each repeat switch.
+                    counted_from = now - HOUR
+                    if record.operator_at is not None:
+                        counted_from = max(counted_from, record.operator_at)
+                    wait = failback_wait(
+                        policy.failback_after, len(switches.switch_times(group_name, counted_from))
+                    )
                     lines.append(
                         f"The primary is up; it fails back automatically once it has been up for "
-                        f"{format_duration(policy.failback_after)} (longer after repeated "
-                        f"switches) and {format_duration(policy.min_dwell)} have passed since the "
-                        "last switch."
+                        f"{format_duration(wait)} and {format_duration(policy.min_dwell)} have "
+                        "passed since the last switch."
                     )
             else:
                 lines.append("The primary is not up, so the group stays where it is.")
-        if _pinned(record, now):
+        if pinned_now:
             assert record.pinned_until is not None
             lines.append(
                 f"Pinned to {record.pinned_endpoint} for another "

@@ -18,6 +18,7 @@ from monitor.redact import redactor
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import EndpointSim
 from monitor.sim.postgres import LocalPostgres, PostgresUnavailable
+from monitor.sim.receiver import AlertReceiver
 
 CONVAI_KEY = "canary-convai-key-5f1e2d3c"
 MODEL = "sim-model"
@@ -102,6 +103,13 @@ def convai() -> Iterator[ConvaiSim]:
     sim.start()
     yield sim
     sim.stop()
+
+
+@pytest.fixture
+def receiver() -> Iterator[AlertReceiver]:
+    """A started alert receiver (apprise json:// targets post here)."""
+    with AlertReceiver() as r:
+        yield r
 
 
 def endpoint_entry(name: str, sim: EndpointSim | str, key: str) -> dict[str, Any]:

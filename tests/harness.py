@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import io
 import json
 import os
 import socket
@@ -20,7 +18,6 @@ from typing import Any
 import structlog
 
 from monitor.app import Daemon, open_store
-from monitor.cli import main
 from monitor.config import Config, load_config
 from monitor.logs import setup_logging
 from monitor.sim.convai import ConvaiSim
@@ -46,19 +43,20 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def cli_json(*argv: str) -> Any:
-    """What `convai-monitor ARGV --json` prints, run in-process as a user would run it
-    (from async code, call it through asyncio.to_thread: the CLI runs its own loop)."""
-    out = io.StringIO()
-    with contextlib.redirect_stdout(out):
-        assert main([*argv, "--json"]) == 0
-    # A daemon running in this process may log to stdout (structlog's default) while the
-    # command runs; its lines are whole writes around the document, never inside it.
-    text = out.getvalue()
-    lines = text.splitlines(keepends=True)
-    start = next(i for i, line in enumerate(lines) if line.rstrip() in ("{", "[", "{}", "[]"))
-    document, _end = json.JSONDecoder().raw_decode("".join(lines[start:]))
-    return document
+def cli_json(*argv: str, codes: tuple[int, ...] = (0,)) -> Any:
+    """What `convai-monitor ARGV --json` prints. In its own process, as a user runs it:
+    in-process, a daemon running in the test would print into the same stdout (from
+    async code, call it through asyncio.to_thread). `codes`: the exit codes expected
+    (`status` exits 1 once the daemon has stopped)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "monitor", *argv, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert done.returncode in codes, done.stderr
+    return json.loads(done.stdout)
 
 
 @contextmanager

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import io
 import sqlite3
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -20,12 +20,6 @@ from tests.conftest import CONVAI_KEY
 from tests.harness import GROUP, World, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
-
-
-@pytest.fixture
-def receiver() -> Iterator[AlertReceiver]:
-    with AlertReceiver() as r:
-        yield r
 
 
 @pytest.fixture
@@ -81,6 +75,9 @@ def test_reminders_and_backoff() -> None:
     assert reminder_due(True, Severity.CRITICAL, 0.0, 1800.0, 1800.0)
     assert not reminder_due(True, Severity.CRITICAL, 0.0, 1799.0, 1800.0)
     assert not reminder_due(True, Severity.WARNING, 0.0, 9999.0, 1800.0)
+    # Characters served by a healthy fallback: the incident waits without reminders.
+    assert not reminder_due(True, Severity.CRITICAL, 0.0, 9999.0, 1800.0, serving=True)
+    assert not reminder_due(False, Severity.CRITICAL, 0.0, 9999.0, 1800.0)
     assert [backoff(n) for n in (1, 2, 3, 10)] == [2.0, 4.0, 8.0, 120.0]
 
 
@@ -307,8 +304,25 @@ async def test_auth_error_is_a_warning_not_an_outage(world: World, receiver: Ale
         await wait_for(lambda: world.sims["b"].requests >= seen + 3, what="more probes")
     auth = [r for r in receiver.received if "rejects its API key" in r.title]
     assert len(auth) == 1  # once per episode, not per probe
-    assert "not an outage" in auth[0].message
+    assert "Not an outage" in auth[0].message
     assert kinds(receiver, "pager") == []
+
+
+async def test_auth_error_on_the_active_endpoint_is_told_as_an_outage(
+    world: World, receiver: AlertReceiver
+) -> None:
+    # Convai calls the active endpoint with the same key: the notice must not say "not an
+    # outage" a second before the failover page says the opposite.
+    config = world.config()
+    async with running(config):
+        await wait_for(lambda: world.sims["b"].requests >= 2, what="probes")
+        world.sims["a"].set(Behaviour.UNAUTHORIZED)
+        await wait_for(
+            lambda: any("rejects its API key" in t for t in kinds(receiver, "all")), what="auth"
+        )
+    (auth,) = [r for r in receiver.received if "rejects its API key" in r.title]
+    assert "Not an outage" not in auth.message
+    assert "characters get the same error" in auth.message
 
 
 async def test_no_secret_in_any_alert(

@@ -16,6 +16,8 @@ from pathlib import Path
 import pytest
 
 from monitor.cli import main
+from monitor.config import load_config
+from monitor.durations import format_duration
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from tests.conftest import CONVAI_KEY, MODEL, config_dict, write_config
@@ -211,8 +213,9 @@ def test_run_status_and_sigterm(world: World, capsys: pytest.CaptureFixture[str]
     assert all("timestamp" in line and "level" in line for line in lines)
 
     code, out, _ = run_cli(capsys, "status", "-c", str(path), "--json")
-    assert code == 0
+    assert code == 1  # the daemon was stopped: status says so, and exits 1
     status = json.loads(out)
+    assert status["daemon"]["running"] is False
     group = status["groups"][0]
     assert group["model_group_name"] == GROUP
     assert group["active_endpoint"] == "b"
@@ -232,7 +235,7 @@ def test_run_status_and_sigterm(world: World, capsys: pytest.CaptureFixture[str]
     assert b["latency_ms"]["p95"] >= b["latency_ms"]["p50"]
 
     code, out, _ = run_cli(capsys, "status", "-c", str(path))
-    assert code == 0
+    assert code == 1
     assert "failed_over" in out
     assert "b*" in out
 
@@ -257,6 +260,24 @@ def test_run_status_and_sigterm(world: World, capsys: pytest.CaptureFixture[str]
     finally:
         conn.close()
     assert health == {"a": "down", "b": "up"}
+
+    # The primary is judged up again: explain names the wait decide() applies (one switch
+    # this hour, so failback_after itself), and a pin overrides it without contradiction.
+    conn = sqlite3.connect(world.tmp_path / "monitor.db")
+    try:
+        conn.execute("update endpoints set health = 'up' where name = 'a'")
+        conn.commit()
+    finally:
+        conn.close()
+    wait = format_duration(load_config(path).groups[0].policy.failback_after)
+    code, out, _ = run_cli(capsys, "explain", "-c", str(path), GROUP)
+    assert f"fails back automatically once it has been up for {wait} and" in out
+    code, _, err = run_cli(capsys, "pin", "-c", str(path), GROUP, "b", "--for", "1h")
+    assert code == 0, err
+    code, out, _ = run_cli(capsys, "explain", "-c", str(path), GROUP)
+    assert "fails back automatically" not in out
+    assert "stays where it is while it is pinned" in out
+    assert "no automatic switch until then" in out
 
 
 def test_manual_failover_pin_and_unpin(world: World, capsys: pytest.CaptureFixture[str]) -> None:

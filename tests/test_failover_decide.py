@@ -12,6 +12,7 @@ from monitor.domain.failover import (
     Rules,
     decide,
     failback_hold,
+    failback_wait,
     group_state,
 )
 from monitor.domain.health import Health
@@ -319,3 +320,19 @@ def test_a_rate_verdict_is_not_vetoed_by_a_lucky_answer() -> None:
         name="g", endpoints=(EndpointView("a", D, answering=True), EndpointView("b", U)), active="a"
     )
     assert decide(back, NOW).action is Action.STAY
+
+
+@pytest.mark.parametrize(
+    ("switches_in_hour", "wait"),
+    # the first switch waits failback_after; each repeat within the hour doubles it
+    [(0, 300.0), (1, 300.0), (2, 600.0), (3, 1200.0)],
+)
+def test_failback_wait_doubles_with_repeat_switches(switches_in_hour: int, wait: float) -> None:
+    assert failback_wait(300.0, switches_in_hour) == wait
+
+
+def test_failback_reason_says_how_long_the_endpoint_has_really_been_up() -> None:
+    group = view("UU", active="b", rules=RULES, last_switch_at=NOW - 600)
+    decision = decide(group, NOW)
+    assert decision.action is Action.FAILBACK
+    assert f"has been up for {NOW - LONG_AGO:.0f}s (failback waits" in decision.reason

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +28,6 @@ from tests.conftest import CONVAI_KEY, MODEL, config_dict, write_config
 from tests.harness import GROUP, World, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
-
-
-@pytest.fixture
-def receiver() -> Iterator[AlertReceiver]:
-    with AlertReceiver() as r:
-        yield r
 
 
 @pytest.fixture

@@ -127,7 +127,8 @@ async def test_daemon_on_postgres_fails_over_and_never_shows_the_password(
     assert PASSWORD not in daemon_logs.out + daemon_logs.err
     for argv in (("status", "--json"), ("history",), ("explain", "my-turbo")):
         code, out, err = run_cli(capsys, *argv, "-c", str(path))
-        assert code == 0, err
+        # status exits 1: the daemon has stopped (it says so); the report is whole.
+        assert code == (1 if argv[0] == "status" else 0), err
         outputs.append(out + err)
     status = json.loads(outputs[0])
     assert status["groups"][0]["active_endpoint"] == "b"

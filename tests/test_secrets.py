@@ -108,6 +108,10 @@ def test_keys_never_leak(
         poll(lambda: any("failed over" in r.title for r in good.received), 10, "page")
         poll(lambda: "alert_delivery_failed" in log.read_text(), 15, "a delivery given up")
         metrics = httpx.get(f"{base}/metrics", timeout=5, trust_env=False).text
+        page = {
+            route: httpx.get(f"{base}{route}", timeout=5, trust_env=False).text
+            for route in ("/", "/api/status", "/api/history?since=24h")
+        }
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=15) == 0
     daemon_output = log.read_text()
@@ -133,6 +137,7 @@ def test_keys_never_leak(
         ["models", "deregister", "-c", argv, GROUP, "--yes"],
         ["models", "register", "-c", argv, GROUP],
         ["history", "-c", argv, "--json"],
+        ["drill", "-c", argv, GROUP],
     ]
     outputs: dict[str, str] = {}
     for command in commands:
@@ -149,6 +154,7 @@ def test_keys_never_leak(
         "daemon output (logs)": daemon_output,
         "alerts": "\n".join(json.dumps(r.raw) for r in good.received),
         "/metrics": metrics,
+        **{f"status page {route}": body for route, body in page.items()},
         **{f"`{name}` output": out for name, out in outputs.items()},
     }
     database = file_bytes(tmp_path)
@@ -163,6 +169,9 @@ def test_keys_never_leak(
     assert b"Failed to authenticate Emby user" in database
     assert "apprise: failure: " in outputs["status -c"]  # the last failure, with its reason
     assert "convai_monitor_endpoint_up" in metrics
+    assert GROUP in page["/"]
+    assert "auth_error" in page["/api/status"]
+    assert "drill" in outputs["drill -c"].lower()
     assert any("rejects its API key" in r.title for r in good.received)
 
     for secret in secrets:

@@ -250,7 +250,7 @@ def test_sigterm_during_a_switch_exits_cleanly(world: World) -> None:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=12) == 0
         took = time.monotonic() - started
-    # The README's promise: a switch in flight gets 6 s at most, then the daemon exits.
+    # The README's promise: gone within 6 s of SIGTERM, even with Convai holding the update.
     assert took < 6.0, f"SIGTERM to exit took {took:.1f}s"
     assert "daemon_stopped" in log.read_text()
     assert "Traceback" not in log.read_text()

@@ -300,3 +300,33 @@ def test_leader_lease_fences_a_paused_leader(db_url: str) -> None:
     assert leases_east.acquire("east", 5.0, NOW).token == 3
     east.close()
     west.close()
+
+
+def spent(at: float, prompt: int | None, completion: int | None) -> ProbeResult:
+    return ProbeResult(at, "g", "a", Outcome.OK, 50.0, 200, None, prompt, completion)
+
+
+def test_tokens_survive_the_rollup_and_the_pruning(store: Store) -> None:
+    eid = store.sync_endpoints([("g", "a", "http://x/v1")])[("g", "a")]
+    # Two days of a probe a minute at 12 + 2 tokens; an endpoint that reports no usage
+    # now and then (None) counts as zero, not as an error.
+    rows = [
+        (eid, spent(NOW - 2 * 86400 + 60 * i, None if i % 50 == 0 else 12, 2))
+        for i in range(2 * 24 * 60)
+    ]
+    store.save(rows, {})
+    raw = store.usage(eid, NOW - 86400, NOW)
+    in_day = [r for _, r in rows if r.at >= NOW - 86400]
+    assert raw.probes == len(in_day)
+    assert raw.prompt_tokens == sum(r.prompt_tokens or 0 for r in in_day)
+    assert raw.completion_tokens == 2 * len(in_day)
+    store.rollup(NOW)
+    store.prune(NOW, retention=HOUR, rollup_retention=30 * 86400)
+    after = store.usage(eid, NOW - 86400, NOW)
+    # From the rollups now, at whole hours: the hour the day starts in is counted whole.
+    start_hour = int((NOW - 86400) // HOUR) * HOUR
+    expected = [r for _, r in rows if r.at >= start_hour]
+    assert after.probes == len(expected)
+    assert after.tokens == sum((r.prompt_tokens or 0) + 2 for r in expected)
+    everything = store.usage(eid, 0, NOW)
+    assert everything.tokens == sum((r.prompt_tokens or 0) + 2 for _, r in rows)

@@ -113,8 +113,13 @@ def failback_hold(view: GroupView, now: float) -> float:
     Each repeat switch within the hour doubles it (Envoy's ejection back-off), so an
     endpoint that keeps dying is given longer to prove itself each time.
     """
-    repeats = max(0, recent_switches(view, now) - 1)
-    return view.rules.failback_after * float(1 << repeats)
+    return failback_wait(view.rules.failback_after, recent_switches(view, now))
+
+
+def failback_wait(failback_after: float, switches_in_hour: int) -> float:
+    """failback_after, doubled for each switch within the hour after the first."""
+    repeats = max(0, switches_in_hour - 1)
+    return failback_after * float(1 << repeats)
 
 
 def pinned(view: GroupView, now: float) -> bool:
@@ -217,7 +222,13 @@ def decide(view: GroupView, now: float) -> Decision:
         return Decision(Action.STAY, f"{best.name} is back; waiting out min_dwell on {active.name}")
     if frozen(view, now):
         return Decision(Action.FLAPPING, "switch limit reached; not failing back", (best.name,))
-    return Decision(Action.FAILBACK, f"{best.name} has been up for {hold:g}s", (best.name,))
+    # The reason says how long the endpoint has really been up (what `explain` shows), and
+    # the wait it had to pass, which grows with repeat switches.
+    return Decision(
+        Action.FAILBACK,
+        f"{best.name} has been up for {_up_for(best, now):.0f}s (failback waits {hold:g}s)",
+        (best.name,),
+    )
 
 
 def _up_for(endpoint: EndpointView, now: float) -> float:

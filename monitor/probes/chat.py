@@ -171,24 +171,62 @@ class ChatProber:
 
     async def probe(self, target: Target) -> ProbeResult:
         async with self._slots:
-            result = await self._probe(target, self.shape(target))
-            # A 400 about the probe's own parameters: change the request and ask again at
-            # once (a reasoning model wants max_completion_tokens, its default temperature
-            # and room to think), and remember what worked for this endpoint.
-            shape = self.shape(target)
-            for _ in range(MAX_ADAPTATIONS):
-                if result.outcome is not Outcome.PROBE_REJECTED:
-                    break
-                rejected = self._rejected.pop((target.group, target.endpoint), ())
-                shape_next = adapt(shape, rejected, result.detail or "", target.policy.max_tokens)
-                if shape_next is None:
-                    break
-                shape = shape_next
-                result = await self._probe(target, shape)
-                if result.outcome is not Outcome.PROBE_REJECTED:
-                    self.shapes[(target.group, target.endpoint)] = shape
-            self._rejected.pop((target.group, target.endpoint), None)
-            return result
+            return await self._adapting(target)
+
+    async def probe_within(
+        self, target: Target, deadline: float
+    ) -> tuple[ProbeResult, asyncio.Task[ProbeResult] | None]:
+        """Probe, but answer after `deadline` seconds at the latest.
+
+        Returns the probe's result, or, when it is still unanswered at the deadline, a
+        `timeout` result made then together with the request still in flight (it keeps
+        waiting until the policy's `timeout`, holding its slot, and may yet answer).
+        """
+        if deadline >= target.policy.timeout:
+            return await self.probe(target), None
+        await self._slots.acquire()
+        sent = time.time()
+        task = asyncio.create_task(self._adapting(target), name=f"probe:{target.endpoint}")
+        task.add_done_callback(lambda _task: self._slots.release())
+        try:
+            done, _pending = await asyncio.wait({task}, timeout=deadline)
+        except asyncio.CancelledError:
+            task.cancel()
+            raise
+        if done:
+            return task.result(), None
+        late = ProbeResult(
+            at=sent,
+            group=target.group,
+            endpoint=target.endpoint,
+            outcome=Outcome.TIMEOUT,
+            latency_ms=None,
+            detail=(
+                f"no answer within the learned deadline {deadline:.1f}s"
+                f" (still waiting up to {target.policy.timeout:g}s)"
+            ),
+        )
+        return late, task
+
+    async def _adapting(self, target: Target) -> ProbeResult:
+        result = await self._probe(target, self.shape(target))
+        # A 400 about the probe's own parameters: change the request and ask again at
+        # once (a reasoning model wants max_completion_tokens, its default temperature
+        # and room to think), and remember what worked for this endpoint.
+        shape = self.shape(target)
+        for _ in range(MAX_ADAPTATIONS):
+            if result.outcome is not Outcome.PROBE_REJECTED:
+                break
+            rejected = self._rejected.pop((target.group, target.endpoint), ())
+            shape_next = adapt(shape, rejected, result.detail or "", target.policy.max_tokens)
+            if shape_next is None:
+                break
+            shape = shape_next
+            result = await self._probe(target, shape)
+            if result.outcome is not Outcome.PROBE_REJECTED:
+                self.shapes[(target.group, target.endpoint)] = shape
+        self._rejected.pop((target.group, target.endpoint), None)
+        return result
 
     async def _probe(self, target: Target, shape: ProbeShape) -> ProbeResult:
         policy = target.policy

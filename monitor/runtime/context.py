@@ -24,6 +24,11 @@ log = structlog.get_logger()
 # Changes made by the CLI (pins, manual switches) are seen within this time; the
 # compare-and-set before every switch reads the database itself.
 RECORDS_TTL = 1.0
+# Conditions logged as errors: characters are (or may soon be) failing and nothing
+# automatic will fix it. Everything else an operator should see is a warning.
+ERROR_KINDS = frozenset(
+    {"all_down", "isolated", "flapping", "failover_failed", "preflight_failed", "pinned_down"}
+)
 
 
 class Beliefs:
@@ -39,6 +44,10 @@ class Beliefs:
         self._records: dict[str, GroupRecord] = {}
         self.switch_times: dict[str, tuple[float, ...]] = {}
         self.incidents: set[str] = set()  # groups with an open incident
+        # Groups whose characters are served: on an endpoint that is up, no trouble
+        # condition. Their open incident (a failover waiting for its failback) is not
+        # reminded: nobody needs waking for an outage characters no longer feel.
+        self.serving: set[str] = set()
         self._records_at = -RECORDS_TTL
 
     def lock(self, group: str) -> asyncio.Lock:
@@ -90,7 +99,7 @@ class Beliefs:
             set_condition=True,
             details=details,
         )
-        level = log.info if clear else log.warning
+        level = log.info if clear else log.error if kind in ERROR_KINDS else log.warning
         level(kind, group=group, reason=message)
 
     async def note(

@@ -115,6 +115,4 @@ class Engine:
         await self.ctx.drain(grace)
 
     async def _preflight(self, target: Target) -> ProbeResult:
-        result = await self.monitor.prober.probe(target)
-        await self.monitor.observe(target, result)
-        return result
+        return await self.monitor.probe(target)

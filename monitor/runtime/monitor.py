@@ -7,8 +7,9 @@ import math
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from typing import Any
 
 import structlog
 from apscheduler.events import (
@@ -24,6 +25,7 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from monitor.config import Policy, Target
+from monitor.domain.deadline import DeadlineRule, LatencyWindow, deadline, late_verdict
 from monitor.domain.health import (
     FailureRate,
     Health,
@@ -33,7 +35,7 @@ from monitor.domain.health import (
     judge,
     wants_fast,
 )
-from monitor.domain.outcome import ProbeResult
+from monitor.domain.outcome import ProbeResult, Verdict
 from monitor.metrics import Metrics
 from monitor.probes import ChatProber, ProbeShape
 from monitor.runtime.jobs import Jobs
@@ -51,6 +53,8 @@ STARTUP_SPREAD = 2.0
 STARTUP_RATE = 40.0
 _LAG_SAMPLES = 10_000
 MISSED_LOG_EVERY = 60.0
+# The same failure of an endpoint already down is logged this often, with a count.
+REPEAT_LOG_EVERY = 60.0
 
 Listener = Callable[[Target, ProbeResult, HealthState, Transition | None], Awaitable[None]]
 
@@ -77,6 +81,10 @@ def thresholds(policy: Policy) -> Thresholds:
         latency_threshold=policy.latency_threshold,
         latency_counts="latency" in policy.failover_on,
     )
+
+
+def deadline_rule(policy: Policy) -> DeadlineRule:
+    return DeadlineRule(policy.deadline_floor, policy.deadline_factor, policy.timeout)
 
 
 def _job_id(key: EndpointKey) -> str:
@@ -118,6 +126,15 @@ class Monitor:
         self.jobs = Jobs()
         self._shapes_saved: dict[EndpointKey, ProbeShape] = dict(prober.shapes)
         self._missed_logged_at = -MISSED_LOG_EVERY
+        # endpoint -> (last logged failure's outcome and status, when, repeats since)
+        self._failing: dict[EndpointKey, tuple[tuple[str, int | None], float, int]] = {}
+        # Each endpoint's successful latencies over the last hour (seeded from the store at
+        # start, then kept here): its learned deadline costs no query per probe.
+        self.latencies: dict[EndpointKey, LatencyWindow] = {}
+        # Requests failed at their deadline and still waiting for a late answer.
+        self._late: set[asyncio.Task[None]] = set()
+        # The one request per endpoint still waiting past its deadline (see probe()).
+        self._pending: dict[EndpointKey, asyncio.Task[ProbeResult]] = {}
         scheduler.add_listener(self._on_submitted, EVENT_JOB_SUBMITTED)
         scheduler.add_listener(self._on_missed, EVENT_JOB_MISSED | EVENT_JOB_MAX_INSTANCES)
         scheduler.add_listener(self._on_error, EVENT_JOB_ERROR)
@@ -193,8 +210,7 @@ class Monitor:
         target = self.targets.get(key)
         if target is None:
             return
-        result = await self.prober.probe(target)
-        await self.observe(target, result)
+        await self.probe(target)
         await self._keep_shape(key)
         if key not in self.targets:  # removed while probing (reload)
             return
@@ -202,6 +218,61 @@ class Monitor:
         # the job from inside it races max_instances=1 and a due time already past would
         # be skipped as "maximum number of running instances reached".
         self._due[job_id] = max(self._next_run(key, scheduled, self.states[key]), time.time())
+
+    def learn(self, key: EndpointKey, samples: Iterable[tuple[float, float]]) -> None:
+        """Seed an endpoint's latency window with stored (at, latency_ms) successes."""
+        window = self.latencies.setdefault(key, LatencyWindow())
+        for at, latency_ms in sorted(samples):
+            window.add(at, latency_ms)
+
+    def deadline(self, target: Target, now: float) -> float:
+        """Seconds a probe of this endpoint may stay unanswered (see domain.deadline)."""
+        window = self.latencies.get((target.group, target.endpoint))
+        p99, samples = window.p99(now) if window else (None, 0)
+        return deadline(deadline_rule(target.policy), p99, samples)
+
+    async def probe(self, target: Target) -> ProbeResult:
+        """Probe once under the learned deadline and judge the result; a request failed at
+        its deadline keeps waiting in the background, and a passing late answer is judged
+        as a success when it arrives. Ticks, the re-probe before a failover and pre-flights
+        all go through here."""
+        limit = self.deadline(target, time.time())
+        result, pending = await self.prober.probe_within(target, limit)
+        await self.observe(target, result)
+        if pending is not None:
+            key = (target.group, target.endpoint)
+            older = self._pending.pop(key, None)
+            if older is not None:
+                # At most one late request per endpoint: each holds a probe slot until
+                # `timeout`, and a few hanging endpoints would otherwise fill every slot
+                # and delay the probes of all the others. The newest one is as likely to
+                # be answered as the older.
+                older.cancel()
+            self._pending[key] = pending
+            task = asyncio.create_task(self._late_answer(target, pending), name="late-answer")
+            self._late.add(task)
+            task.add_done_callback(self._late.discard)
+        return result
+
+    async def _late_answer(self, target: Target, pending: asyncio.Task[ProbeResult]) -> None:
+        key = (target.group, target.endpoint)
+        try:
+            result = await pending
+        except asyncio.CancelledError:
+            return  # a newer request of this endpoint took its place, or shutdown
+        finally:
+            if self._pending.get(key) is pending:
+                del self._pending[key]
+        if late_verdict(result.outcome) is not Verdict.PASS:
+            return  # already failed as a timeout at the deadline
+        log.info(
+            "probe_answered_late",
+            group=target.group,
+            endpoint=target.endpoint,
+            latency_ms=round(result.latency_ms or 0.0, 1),
+        )
+        # Recorded at its arrival, with its real latency (which raises the deadline).
+        await self.observe(target, replace(result, at=time.time()))
 
     async def _keep_shape(self, key: EndpointKey) -> None:
         """Store the probe shape an endpoint was adapted to, once per change (status shows
@@ -237,6 +308,8 @@ class Monitor:
         )
         self.states[key] = state
         self.counters.probes += 1
+        if result.outcome.verdict is Verdict.PASS and result.latency_ms is not None:
+            self.latencies.setdefault(key, LatencyWindow()).add(now, result.latency_ms)
         if key not in self.probed:
             self.probed.add(key)
             if set(self.targets) <= self.probed:
@@ -253,13 +326,9 @@ class Monitor:
             http_status=result.http_status,
         )
         if not result.ok:
-            bound.info(
-                "probe_failed",
-                outcome=result.outcome.value,
-                http_status=result.http_status,
-                detail=result.detail,
-                failures=state.failures,
-            )
+            self._log_failure(key, bound, result, state, transition)
+        else:
+            self._failing.pop(key, None)
         if transition is not None:
             event = {Health.UP: "endpoint_up", Health.DOWN: "endpoint_down"}.get(transition.after)
             if event is not None:
@@ -268,6 +337,42 @@ class Monitor:
         for listener in self.listeners:
             await listener(target, result, state, transition)
         return state, transition
+
+    def _log_failure(
+        self,
+        key: EndpointKey,
+        bound: Any,
+        result: ProbeResult,
+        state: HealthState,
+        transition: Transition | None,
+    ) -> None:
+        """A failed probe is logged while it tells something: until the endpoint is down,
+        and when the failure changes. The same failure of an endpoint already down is
+        counted and logged once a minute (a broken standby probed every 2 s would
+        otherwise be most of the log)."""
+        now = time.monotonic()
+        signature = (result.outcome.value, result.http_status)
+        last = self._failing.get(key)
+        if (
+            state.health is Health.DOWN
+            and transition is None
+            and last is not None
+            and last[0] == signature
+            and now - last[1] < REPEAT_LOG_EVERY
+        ):
+            self._failing[key] = (signature, last[1], last[2] + 1)
+            return
+        repeated = last[2] if last is not None and last[0] == signature else 0
+        self._failing[key] = (signature, now, 0)
+        extra = {"repeated": repeated, "over_s": round(now - last[1])} if repeated and last else {}
+        bound.info(
+            "probe_failed",
+            outcome=result.outcome.value,
+            http_status=result.http_status,
+            detail=result.detail,
+            failures=state.failures,
+            **extra,
+        )
 
     # --- scheduler events --------------------------------------------------------------
 
@@ -295,9 +400,27 @@ class Monitor:
                 "probe_runs_missed",
                 job=event.job_id,
                 missed_total=self.counters.missed,
-                hint="probes take longer than their interval: raise interval or max_in_flight",
+                hint=self._missed_hint(event.job_id),
             )
             self._missed_logged_at = now
+
+    def _missed_hint(self, job_id: str) -> str:
+        """Advice by cause: which job was late says why."""
+        if job_id.startswith("probe:"):
+            target = next((t for k, t in self.targets.items() if _job_id(k) == job_id), None)
+            if target is not None and target.policy.timeout >= 0.8 * target.policy.interval:
+                return (
+                    f"probes of {target.group}/{target.endpoint} can take their whole timeout "
+                    f"({target.policy.timeout:g}s) of a {target.policy.interval:g}s interval: "
+                    "lower timeout or raise interval"
+                )
+            return (
+                "probes wait for a free slot or the event loop is busy: raise "
+                "probes.max_in_flight, or probe fewer endpoints per daemon"
+            )
+        if job_id == "sync":
+            return "the sync waits on Convai, which is slow or unreachable (convai_sync_failed)"
+        return "the event loop or the database is busy: see the CPU and disk of this host"
 
     def _on_error(self, event: JobEvent) -> None:
         self.counters.errors += 1
@@ -309,3 +432,7 @@ class Monitor:
     async def drain(self, grace: float) -> None:
         """Wait for probes in flight to finish (bounded), then cancel the rest."""
         await self.jobs.drain(grace)
+        # Requests already failed at their deadline: nobody needs their answer now.
+        for task in [*self._late, *self._pending.values()]:
+            task.cancel()
+        await asyncio.gather(*self._late, return_exceptions=True)

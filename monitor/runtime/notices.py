@@ -27,6 +27,17 @@ class Notices:
         self._auth_flagged: set[EndpointKey] = set()
         self._down_noticed: set[EndpointKey] = set()
 
+    def _impact(self, target: Target) -> str:
+        # Convai calls the active endpoint with the same key: there, a key problem is an
+        # outage for every character, and the failover that follows must not contradict
+        # this notice. On a standby it only matters once the group needs that endpoint.
+        if self.active(target.group) != target.endpoint:
+            return "Not an outage: the group does not use this endpoint now."
+        return (
+            "The group's characters get the same error; the group fails over once the "
+            "endpoint is judged down."
+        )
+
     def notice(
         self, target: Target, result: ProbeResult, transition: Transition | None
     ) -> Notice | None:
@@ -39,20 +50,20 @@ class Notices:
             return (
                 "auth_error",
                 f"{target.endpoint} of {target.group} rejects its API key "
-                f"(HTTP {result.http_status}): a revoked or wrong key, not an outage of the "
-                "endpoint. Fix the key in the config and reload.",
+                f"(HTTP {result.http_status}): a revoked or wrong key. {self._impact(target)} "
+                "Fix the key in the config and reload: the daemon gives Convai the new key.",
                 details,
             )
         if result.outcome is Outcome.QUOTA_EXHAUSTED:
             if key in self._auth_flagged:
                 return None
             self._auth_flagged.add(key)
-            # Told as a key/billing problem, not an outage: waiting will not fix it.
+            # Told as a key/billing problem: waiting will not fix it.
             return (
                 "auth_error",
                 f"{target.endpoint} of {target.group} is out of quota, credits or budget "
-                f"(HTTP {result.http_status}): a billing problem of its key, not an outage "
-                f"of the endpoint. {result.detail or ''}".rstrip(),
+                f"(HTTP {result.http_status}): a billing problem of its key. "
+                f"{self._impact(target)} {result.detail or ''}".rstrip(),
                 {**details, "problem": "quota"},
             )
         if result.outcome.verdict is Verdict.PASS:

@@ -58,6 +58,19 @@ class WindowStats:
 
 
 @dataclass(frozen=True, slots=True)
+class Usage:
+    """What an endpoint's probes spent over a span of time."""
+
+    probes: int
+    prompt_tokens: int
+    completion_tokens: int
+
+    @property
+    def tokens(self) -> int:
+        return self.prompt_tokens + self.completion_tokens
+
+
+@dataclass(frozen=True, slots=True)
 class LastProbe:
     at: float
     ok: bool
@@ -396,6 +409,28 @@ class Store:
                     ("endpoint_id", "vantage"),
                 )
 
+    def latencies(self, since: float) -> dict[EndpointKey, list[tuple[float, float]]]:
+        """(at, latency_ms) of every successful probe since `since`, per endpoint: what an
+        endpoint's learned deadline starts from after a restart. This instance's own probes
+        only: another vantage's network path says nothing about ours."""
+        query = (
+            select(EndpointRow.group_name, EndpointRow.name, ResultRow.at, ResultRow.latency_ms)
+            .join(EndpointRow, EndpointRow.id == ResultRow.endpoint_id)
+            .where(
+                ResultRow.at >= since,
+                ResultRow.ok.is_(True),
+                ResultRow.latency_ms.is_not(None),
+            )
+        )
+        if self.vantage is not None:
+            query = query.where(ResultRow.vantage == self.vantage)
+        out: dict[EndpointKey, list[tuple[float, float]]] = {}
+        with self.session() as session:
+            for group, name, at, latency in session.execute(query):
+                if latency is not None:
+                    out.setdefault((group, name), []).append((at, latency))
+        return out
+
     def last_probe(self, endpoint_id: int) -> LastProbe | None:
         with self.session() as session:
             row = session.scalars(
@@ -425,6 +460,17 @@ class Store:
     def _meta(self, session: Session, key: str) -> str | None:
         row = session.get(MetaRow, key)
         return row.value if row else None
+
+    def beat(self, at: float, pid: int, *, stopped: bool = False) -> None:
+        """The daemon's proof of life, read by `status` and `explain` (another process)."""
+        value = json.dumps({"at": at, "pid": pid, "stopped": stopped})
+        with self.session() as session, session.begin():
+            upsert(session, MetaRow, {"key": "heartbeat", "value": value}, ("key",))
+
+    def last_beat(self) -> dict[str, Any] | None:
+        with self.session() as session:
+            value = self._meta(session, "heartbeat")
+        return dict(json.loads(value)) if value else None
 
     def rolled_until(self) -> int:
         with self.session() as session:
@@ -532,6 +578,40 @@ class Store:
         ]
         return hours, [(at, ok, latency) for at, ok, latency in raw]
 
+    def usage(self, endpoint_id: int, start: float, now: float) -> Usage:
+        """Probes and tokens from `start` to `now`: rollups for the hours already folded
+        (whole hours, so up to an hour more than asked at the start), raw rows after."""
+        with self.session() as session:
+            rolled = int(self._meta(session, "rolled_until") or 0)
+            first_hour = int(start // HOUR) * HOUR
+            folded = session.execute(
+                select(
+                    func.coalesce(func.sum(RollupRow.probes), 0),
+                    func.coalesce(func.sum(RollupRow.prompt_tokens), 0),
+                    func.coalesce(func.sum(RollupRow.completion_tokens), 0),
+                ).where(
+                    RollupRow.endpoint_id == endpoint_id,
+                    RollupRow.hour >= first_hour,
+                    RollupRow.hour < rolled,
+                )
+            ).one()
+            raw = session.execute(
+                select(
+                    func.count(),
+                    func.coalesce(func.sum(ResultRow.prompt_tokens), 0),
+                    func.coalesce(func.sum(ResultRow.completion_tokens), 0),
+                ).where(
+                    ResultRow.endpoint_id == endpoint_id,
+                    ResultRow.at >= max(start, rolled),
+                    ResultRow.at <= now,
+                )
+            ).one()
+        return Usage(
+            probes=int(folded[0]) + int(raw[0]),
+            prompt_tokens=int(folded[1]) + int(raw[1] or 0),
+            completion_tokens=int(folded[2]) + int(raw[2] or 0),
+        )
+
     def rollup(self, now: float) -> int:
         """Fold every complete hour not yet rolled up into rollups; return hours folded."""
         current_hour = int(now // HOUR) * HOUR
@@ -547,16 +627,23 @@ class Store:
             hour = rolled
             while hour < current_hour:
                 rows = session.execute(
-                    select(ResultRow.endpoint_id, ResultRow.ok, ResultRow.latency_ms).where(
-                        ResultRow.at >= hour, ResultRow.at < hour + HOUR
-                    )
+                    select(
+                        ResultRow.endpoint_id,
+                        ResultRow.ok,
+                        ResultRow.latency_ms,
+                        ResultRow.prompt_tokens,
+                        ResultRow.completion_tokens,
+                    ).where(ResultRow.at >= hour, ResultRow.at < hour + HOUR)
                 )
                 acc: dict[int, tuple[int, int, list[float]]] = {}
-                for endpoint_id, ok, latency in rows:
+                tokens: dict[int, tuple[int, int]] = {}
+                for endpoint_id, ok, latency, prompt, completion in rows:
                     probes, successes, values = acc.get(endpoint_id, (0, 0, []))
                     if ok and latency is not None:
                         values.append(latency)
                     acc[endpoint_id] = (probes + 1, successes + (1 if ok else 0), values)
+                    spent = tokens.get(endpoint_id, (0, 0))
+                    tokens[endpoint_id] = (spent[0] + (prompt or 0), spent[1] + (completion or 0))
                 for endpoint_id, (probes, successes, values) in acc.items():
                     upsert(
                         session,
@@ -567,6 +654,8 @@ class Store:
                             "probes": probes,
                             "successes": successes,
                             "histogram": json.dumps(histogram(values), separators=(",", ":")),
+                            "prompt_tokens": tokens[endpoint_id][0],
+                            "completion_tokens": tokens[endpoint_id][1],
                         },
                         ("endpoint_id", "hour"),
                     )

@@ -89,6 +89,9 @@ class RollupRow(Base):
     successes: Mapped[int] = mapped_column(Integer)
     # JSON {bucket: count} over log-spaced latency buckets of successful probes.
     histogram: Mapped[str] = mapped_column(Text)
+    # Tokens the hour's probes spent, as the endpoints reported them in `usage`.
+    prompt_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    completion_tokens: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class MetaRow(Base):

@@ -1,0 +1,90 @@
+"""What probing costs: tokens read from every probe's `usage`, kept per endpoint per hour in
+the rollups, shown by `status` and exported on /metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import io
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from prometheus_client.parser import text_string_to_metric_families
+
+from monitor.app import open_store
+from monitor.cli import main
+from monitor.config import load_config
+from monitor.sim.convai import ConvaiSim
+from monitor.sim.openai import EndpointSim
+from tests.harness import GROUP, World, cli_json, make_world, running, wait_for
+
+Factory = Callable[..., EndpointSim]
+NOW = 1_800_000_000.0
+HOUR = 3600
+
+
+@pytest.fixture
+def world(tmp_path: Path, convai: ConvaiSim, endpoints: Factory) -> World:
+    return make_world(tmp_path, convai, endpoints, names=("a", "b"))
+
+
+def stored_tokens(world: World, config: Any, name: str) -> int:
+    store = open_store(config, migrate=False)
+    try:
+        eid = store.endpoint_ids()[(GROUP, name)]
+        return store.usage(eid, 0, 2e9).tokens
+    finally:
+        store.close()
+
+
+async def test_status_and_metrics_show_what_probes_cost(world: World) -> None:
+    path = world.config_path()
+    data = yaml.safe_load(path.read_text())
+    data["groups"][0]["endpoints"][0]["price_per_1k_tokens"] = 0.5
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    config = load_config(path)
+    async with running(config) as daemon:
+        await wait_for(lambda: world.sims["a"].requests >= 6, what="probes of a")
+        metrics = daemon.metrics.render().decode()
+        exported = {
+            (s.labels["endpoint"], s.labels["kind"]): s.value
+            for f in text_string_to_metric_families(metrics)
+            for s in f.samples
+            if s.name == "convai_monitor_probe_tokens_total" and s.labels["group"] == GROUP
+        }
+        counted = daemon.monitor.counters.probes if daemon.monitor else 0
+        assert counted > 0
+    # Exit 1: the daemon has stopped (status says so); the report is whole.
+    status: dict[str, Any] = await asyncio.to_thread(
+        lambda: cli_json("status", "-c", str(path), codes=(0, 1))
+    )
+    endpoints = {e["name"]: e for e in status["groups"][0]["endpoints"]}
+    for name in ("a", "b"):
+        usage = endpoints[name]["usage_24h"]
+        tokens = stored_tokens(world, config, name)
+        assert tokens > 0
+        assert usage["tokens"] == tokens
+        assert usage["tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
+        assert usage["probes"] >= 2
+        assert usage["tokens_per_month"] == 30 * tokens
+        # The counter is fed by the same probes (read while running, so not the same total).
+        assert exported[(name, "prompt")] > 0
+        assert exported[(name, "completion")] > 0
+    a, b = endpoints["a"]["usage_24h"], endpoints["b"]["usage_24h"]
+    assert a["cost_per_month"] == round(a["tokens_per_month"] / 1000 * 0.5, 2)
+    assert a["cost"] == round(a["tokens"] / 1000 * 0.5, 4)
+    assert b["cost"] is None
+    assert b["cost_per_month"] is None
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        # 1: the daemon has stopped; the table is printed all the same.
+        assert await asyncio.to_thread(main, ["status", "-c", str(path)]) == 1
+    lines = out.getvalue().splitlines()
+    header = next(line for line in lines if "TOKENS/MONTH" in line)
+    assert "COST/MONTH" in header
+    row_a = next(line for line in lines[lines.index(header) :] if line.split()[1:2] == ["a"])
+    assert f"{a['tokens_per_month']:,}" in row_a
+    assert f"{a['cost_per_month']:,.2f}" in row_a
