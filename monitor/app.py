@@ -284,6 +284,7 @@ class Daemon:
             config_path=self.config_path,
         )
         self.engine = engine
+        self.deliverer.serving = lambda: engine.beliefs.serving
         # Reconcile interrupted switches and learn where groups point before probing.
         await engine.start()
         # The sync may have moved a group's probes to Convai's model.

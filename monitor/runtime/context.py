@@ -44,6 +44,10 @@ class Beliefs:
         self._records: dict[str, GroupRecord] = {}
         self.switch_times: dict[str, tuple[float, ...]] = {}
         self.incidents: set[str] = set()  # groups with an open incident
+        # Groups whose characters are served: on an endpoint that is up, no trouble
+        # condition. Their open incident (a failover waiting for its failback) is not
+        # reminded: nobody needs waking for an outage characters no longer feel.
+        self.serving: set[str] = set()
         self._records_at = -RECORDS_TTL
 
     def lock(self, group: str) -> asyncio.Lock:
