@@ -164,6 +164,13 @@ def cmd_status(args: argparse.Namespace) -> int:
         )
     )
     _out("(* = active endpoint)")
+    cluster = report["cluster"]
+    if len(cluster["instances"]) > 1 or cluster["leader"] is None:
+        until = cluster["lease_expires_at"]
+        lease = f" (lease until {until})" if until is not None else ""
+        _out(f"leader: {cluster['leader'] or 'none'}{lease}")
+        for instance in cluster["instances"]:
+            _out(f"  {instance['name']}: last heartbeat {instance['heartbeat_at']}")
     _out()
     _out(_cost_table(report))
     for group in report["unmonitored"]:

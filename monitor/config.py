@@ -277,6 +277,12 @@ class InstanceConfig(Strict):
     )
 
 
+class HaConfig(Strict):
+    # How long the leader lease lasts without renewal; renewed every third of it, so two
+    # missed renewals still leave it held. A dead leader is replaced within this time.
+    lease_ttl: Duration = Field(default=15.0, ge=1.0, le=600.0)
+
+
 class ServerAuth(Strict):
     """Basic auth in front of the status page and its API (never the health checks)."""
 
@@ -363,6 +369,7 @@ class Config(Strict):
     alerts: AlertsConfig = AlertsConfig()
     server: ServerConfig = ServerConfig()
     instance: InstanceConfig = InstanceConfig()
+    ha: HaConfig = HaConfig()
 
     @model_validator(mode="after")
     def _unique_target_names(self) -> Config:

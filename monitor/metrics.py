@@ -44,6 +44,11 @@ class Metrics:
             ["group", "endpoint"],
             registry=r,
         )
+        self.leader = Gauge(
+            "convai_monitor_leader",
+            "1 while this instance holds the leader lease (it syncs, switches and pages).",
+            registry=r,
+        )
         self.active = Gauge(
             "convai_monitor_active_endpoint",
             "1 for the endpoint each group points at (as the daemon believes), 0 for the others.",

@@ -22,6 +22,7 @@ from monitor.domain.latency import Bucket, fold, hist_percentile
 from monitor.durations import format_duration
 from monitor.report import iso
 from monitor.store import Store
+from monitor.store.lease import Leases
 from monitor.store.outbox import Deliveries
 from monitor.store.store import HOUR, Usage, WindowStats
 from monitor.store.switching import EventRecord, GroupRecord, SwitchLog
@@ -218,6 +219,7 @@ class State:
         store = self.store
         ids = store.endpoint_ids()
         health = store.health()
+        views = store.vantage_health()
         shapes = store.probe_shapes()
         records = self.switches.groups()
         groups = []
@@ -261,6 +263,15 @@ class State:
                         "latency_ms_24h": _latency(windows["24h"]),
                         # The request shape the probe was adapted to; None: as configured.
                         "probe": shapes.get(key),
+                        # Each instance's own judgement (the leader's is `health`).
+                        "vantages": {
+                            name: {
+                                "health": view.health.value,
+                                "since": iso(view.since),
+                                "last_probe_at": iso(view.last_probe_at),
+                            }
+                            for name, view in sorted(views.get(key, {}).items())
+                        },
                         "usage_24h": _usage(
                             store.usage(endpoint_id, now - DAY, now)
                             if endpoint_id is not None
@@ -325,6 +336,7 @@ class State:
             )
         return {
             "generated_at": iso(now),
+            "cluster": self.cluster(),
             # What stays the same between two reads of one heartbeat (the page and
             # `status --json` agree); "N s ago" is for people and is worded by the caller.
             "daemon": {
@@ -340,6 +352,26 @@ class State:
                 "failed": deliveries.failed,
                 "last_failure": last_failure,
             },
+        }
+
+    def cluster(self) -> dict[str, Any]:
+        """The leader, its lease and every instance's last heartbeat. Times are the
+        database's clock, as absolute times: two reads of an idle system agree."""
+        lease, instances = Leases(self.store).read()
+        return {
+            "leader": lease.holder if lease.live else None,
+            "fencing_token": lease.token,
+            "lease_expires_at": iso(lease.expires_at) if lease.live else None,
+            "instances": [
+                {
+                    "name": i.name,
+                    "version": i.version,
+                    "leader": lease.live and i.name == lease.holder,
+                    "heartbeat_at": iso(i.heartbeat_at),
+                    "started_at": iso(i.started_at),
+                }
+                for i in instances
+            ],
         }
 
     # --- history -------------------------------------------------------------------------

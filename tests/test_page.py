@@ -143,7 +143,7 @@ async def test_page_and_api_after_a_failover(world: World, receiver: AlertReceiv
     data = status.json()
     assert data["groups"][0]["state"] == "failed_over"
     assert data["groups"][0]["active_endpoint"] == "b"
-    assert set(data) == {"generated_at", "daemon", "groups", "unmonitored", "alerts"}
+    assert set(data) == {"generated_at", "cluster", "daemon", "groups", "unmonitored", "alerts"}
     assert history.status_code == 200
     assert "failover" in [e["kind"] for e in history.json()["events"]]
     assert day.json()["events"] == history.json()["events"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -136,6 +136,9 @@ class Context:
     beliefs: Beliefs
     config_path: str | None = None
     stopping: bool = False
+    # Whether this instance holds the leader lease: only the leader syncs, evaluates,
+    # switches and records notices (every instance probes).
+    leading: Callable[[], bool] = lambda: True
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:

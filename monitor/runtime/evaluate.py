@@ -62,6 +62,8 @@ class Evaluator:
         if result.outcome.verdict is Verdict.PASS:
             # Something answers: we are not cut off (whichever group sees it first).
             self.isolation.leave()
+        if not self.ctx.leading():
+            return  # the leader records notices and evaluates; three copies page once
         notice = self.notices.notice(target, result, transition)
         if notice is not None:
             self.ctx.background(self.beliefs.note(target.group, *notice), f"note:{target.group}")
@@ -88,7 +90,7 @@ class Evaluator:
 
     async def evaluate(self, name: str) -> None:
         group = self.ctx.config.group(name)
-        if group is None:
+        if group is None or not self.ctx.leading():
             return
         async with self.beliefs.lock(name):
             try:

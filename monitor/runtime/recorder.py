@@ -32,6 +32,8 @@ class Recorder:
         self._results: list[tuple[int, ProbeResult]] = []
         self._states: dict[int, HealthState] = {}
         self._task: asyncio.Task[None] | None = None
+        # Whether this instance's health is the shared one (it leads; see Store.save).
+        self.leading: Callable[[], bool] = lambda: True
         self.written = 0
         self.failed_flushes = 0
 
@@ -50,7 +52,7 @@ class Recorder:
             return
         self._results, self._states = [], {}
         try:
-            await self.call(self.store.save, results, states)
+            await self.call(self.store.save, results, states, shared=self.leading())
         except Exception as exc:  # the loop must survive a full disk or a locked file
             self.failed_flushes += 1
             # Put the batch back (bounded) so a short outage of the disk loses nothing.

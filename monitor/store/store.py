@@ -253,6 +253,8 @@ class Store:
         """
         wanted = list(endpoints)
         with self.session() as session, session.begin():
+            # Instances starting together would insert the same new endpoints twice.
+            exclusive(session, "endpoints")
             rows = {(r.group_name, r.name): r for r in session.scalars(select(EndpointRow))}
             for group, name, base_url in wanted:
                 row = rows.get((group, name))
@@ -343,8 +345,14 @@ class Store:
         self,
         results: Sequence[tuple[int, ProbeResult]],
         states: Mapping[int, HealthState],
+        *,
+        shared: bool = True,
     ) -> None:
-        """Write a batch of results and the health they led to, in one transaction."""
+        """Write a batch of results and the health they led to, in one transaction.
+
+        The health is this vantage's own; `shared` also makes it the endpoints' shared
+        health (the one status shows and decisions act on): only the leader's is.
+        """
         if not results and not states:
             return
         with self.session() as session, session.begin():
@@ -367,7 +375,7 @@ class Store:
                         for endpoint_id, r in results
                     ],
                 )
-            if states:
+            if states and shared:
                 session.execute(
                     update(EndpointRow),
                     [
@@ -382,24 +390,24 @@ class Store:
                         for endpoint_id, s in states.items()
                     ],
                 )
-                if self.vantage is not None:
-                    upsert(
-                        session,
-                        VantageHealthRow,
-                        [
-                            {
-                                "endpoint_id": endpoint_id,
-                                "vantage": self.vantage,
-                                "health": s.health.value,
-                                "successes": s.successes,
-                                "failures": s.failures,
-                                "health_since": s.since,
-                                "last_probe_at": s.last_probe_at,
-                            }
-                            for endpoint_id, s in states.items()
-                        ],
-                        ("endpoint_id", "vantage"),
-                    )
+            if states and self.vantage is not None:
+                upsert(
+                    session,
+                    VantageHealthRow,
+                    [
+                        {
+                            "endpoint_id": endpoint_id,
+                            "vantage": self.vantage,
+                            "health": s.health.value,
+                            "successes": s.successes,
+                            "failures": s.failures,
+                            "health_since": s.since,
+                            "last_probe_at": s.last_probe_at,
+                        }
+                        for endpoint_id, s in states.items()
+                    ],
+                    ("endpoint_id", "vantage"),
+                )
 
     def latencies(self, since: float) -> dict[EndpointKey, list[tuple[float, float]]]:
         """(at, latency_ms) of every successful probe since `since`, per endpoint: what an
