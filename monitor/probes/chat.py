@@ -113,7 +113,8 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _payload(target: Target, shape: ProbeShape) -> bytes:
+def request_body(target: Target, shape: ProbeShape) -> bytes:
+    """The JSON body a probe of `target` sends in `shape` (encoded once, then cached)."""
     return _encoded(
         target.model,
         target.policy.prompt,
@@ -320,7 +321,7 @@ class ChatProber:
         client = self._client()
         url, body, headers = (
             _url(target.base_url),
-            _payload(target, shape),
+            request_body(target, shape),
             _headers(target.api_key),
         )
         # The clock runs around the exchange only: not the semaphore wait, not building
