@@ -204,6 +204,37 @@ def test_recovering_for_a_rate_verdict_needs_the_rate_back_under() -> None:
     assert not recovering(streak, 20.0, WINDOW)
 
 
+@pytest.mark.parametrize(
+    ("name", "after_streak", "answering"),
+    [
+        ("no answer yet", [], False),
+        ("the re-probe answered", [P], True),
+        # A lone blip after the answer that broke the streak is a blip: it does not hand
+        # the next re-probe another chance to fail (the blip benchmark's false switches).
+        ("a blip after the answer", [P, F], True),
+        ("two blips after the answer", [P, F, F], True),
+        # A new streak of `fall` failures is an outage again.
+        ("a new streak", [P, F, F, F], False),
+        # A brownout that happened to fail three in a row: its window says 50%.
+        ("the window says brownout", [P, F, P, F, P, F, P, F, P, F, P, F, P, F, P], False),
+    ],
+)
+def test_recovering_after_a_streak(name: str, after_streak: list[Verdict], answering: bool) -> None:
+    streak = play([*HEALTHY, F, F, F])
+    assert streak.cause is Cause.STREAK
+    state = play(after_streak, start=streak, t0=16.0) if after_streak else streak
+    assert state.health is Health.DOWN, name
+    now = 15.0 + len(after_streak)
+    assert recovering(state, now, WINDOW) is answering, name
+
+
+def test_recovering_after_a_streak_needs_an_answer_seen_since_it_went_down() -> None:
+    """Health survives a restart but its window does not: a down endpoint read back with
+    no failures counted and no samples has answered nothing yet."""
+    restored = HealthState(health=Health.DOWN, since=100.0, cause=Cause.STREAK)
+    assert not recovering(restored, 101.0, WINDOW)
+
+
 def test_latency_counts_only_when_the_group_says_so() -> None:
     slow = Thresholds(
         rise=2, fall=3, rate=FailureRate(60.0, 10, 0.30), latency_threshold=0.1,

@@ -55,7 +55,7 @@ class Sample:
 @dataclass(frozen=True, slots=True)
 class FailureRate:
     window: float = 60.0
-    min_probes: int = 10
+    min_probes: int = 20
     threshold: float = 0.30
 
 
@@ -228,10 +228,18 @@ def recovering(state: HealthState, now: float, limits: Thresholds) -> bool:
     """A down endpoint whose latest probes undo the reason it went down.
 
     The engine re-probes the active endpoint right before a failover and stays if this is
-    true. For a streak, one success is enough; for a rate or latency verdict, one lucky
-    answer is not: the window itself must have come back to half the threshold.
+    true. A streak is undone by a success, and stays undone while no new streak of `fall`
+    failures runs: a lone blip after the answer that broke the streak is a blip (each one
+    otherwise gives the re-probe one more chance to fail, and a 5% endpoint would be
+    switched about once in 10,000 probes). For a rate or latency verdict one lucky answer
+    is not enough: the window itself must have come back to half the threshold. Whatever
+    the cause, a window whose failure rate is over the threshold is not recovering.
     """
-    if state.health is not Health.DOWN or state.successes == 0:
+    if state.health is not Health.DOWN or rate_failing(state, now, limits):
+        return False
+    if state.cause is Cause.STREAK:
+        return state.failures < limits.fall and _answered_since_down(state)
+    if state.successes == 0:
         return False
     if state.cause is Cause.RATE:
         # Back to at most half the threshold (the clean bound), not merely under it: a
@@ -241,6 +249,11 @@ def recovering(state: HealthState, now: float, limits: Thresholds) -> bool:
     if state.cause is Cause.SLOW:
         return not too_slow(state, now, limits)
     return True
+
+
+def _answered_since_down(state: HealthState) -> bool:
+    since = state.since if state.since is not None else float("-inf")
+    return any(not s.failed and s.at >= since for s in state.samples)
 
 
 def in_transition(state: HealthState) -> bool:
