@@ -222,8 +222,8 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             "rise": 2,
             # The failure-rate window scaled with the cadence (60 s at a 10 s interval is
             # six intervals): the same number of probes per window as in production, so
-            # the rate rule sees blips exactly as it would there.
-            "failure_rate": {"window": 6 * args.blip_interval, "min_probes": 10},
+            # the rate rule sees blips exactly as it would there (min_probes: the default).
+            "failure_rate": {"window": 6 * args.blip_interval},
         },
         "groups": groups,
     }
