@@ -77,7 +77,7 @@ from monitor.logs import setup_logging
 from monitor.loop import run as run_loop
 from monitor.probes import ChatProber, ProbeShape
 from monitor.probes.chat import request_body, user_agent
-from monitor.runtime.monitor import Monitor
+from monitor.runtime.monitor import STARTUP_RATE, Monitor
 from monitor.runtime.recorder import Recorder
 from monitor.sim.convai import DEFAULT_API_KEY as CONVAI_KEY
 from monitor.store import Store
@@ -371,7 +371,7 @@ def report(summary: dict[str, Any]) -> None:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BLACKBOX = "prometheus-blackbox-exporter"
 SCRAPE_EVERY = 15.0  # Prometheus' default scrape interval
-READY_TIMEOUT = 120.0
+READY_TIMEOUT = 120.0  # plus the start-up round (spread at STARTUP_RATE probes/s)
 
 
 def spawn(command: list[str], cpus: set[int] | None, **popen: Any) -> subprocess.Popen[str]:
@@ -577,10 +577,13 @@ async def get_text(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
         return reply.status, await reply.text()
 
 
-async def wait_ready(session: aiohttp.ClientSession, base: str, daemon: Any) -> float:
+async def wait_ready(
+    session: aiohttp.ClientSession, base: str, daemon: Any, endpoints: int
+) -> float:
     """Seconds until /readyz says every endpoint was probed once."""
     started = time.monotonic()
-    while time.monotonic() - started < READY_TIMEOUT:
+    limit = READY_TIMEOUT + endpoints / STARTUP_RATE
+    while time.monotonic() - started < limit:
         if daemon.poll() is not None:
             raise RuntimeError(f"the daemon exited with {daemon.returncode} (see its log)")
         with contextlib.suppress(aiohttp.ClientError):
@@ -588,7 +591,7 @@ async def wait_ready(session: aiohttp.ClientSession, base: str, daemon: Any) -> 
             if status == 200:
                 return time.monotonic() - started
         await asyncio.sleep(0.5)
-    raise RuntimeError(f"the daemon was not ready within {READY_TIMEOUT:g} s")
+    raise RuntimeError(f"the daemon was not ready within {limit:g} s")
 
 
 @dataclass
@@ -610,7 +613,7 @@ async def measure_processes(
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        ready_s = await wait_ready(session, base, daemon)
+        ready_s = await wait_ready(session, base, daemon, args.endpoints)
         driver = Driver()
         driving = (
             asyncio.create_task(driver.run(session, blackbox[1], urls, args.interval))
