@@ -738,11 +738,20 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
         floor_p50_ms=percentile(floor, 50),
         floor_p99_ms=percentile(floor, 99),
         log_lines=len(log_lines),
-        log_warnings=sum(
-            '"level": "warning"' in line or '"level": "error"' in line for line in log_lines
-        ),
+        log_warnings=dict(warnings(log_lines)),
     )
     return summary
+
+
+def warnings(lines: list[str]) -> Counter[str]:
+    """The daemon's warning and error events by name."""
+    events: Counter[str] = Counter()
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and event.get("level") in ("warning", "error"):
+                events[str(event.get("event"))] += 1
+    return events
 
 
 def report_processes(summary: dict[str, Any]) -> None:
@@ -774,8 +783,8 @@ def report_processes(summary: dict[str, Any]) -> None:
         "requests from http.client: the sim's own share)",
         f"missed runs          {summary['missed']:.0f}",
         f"outcomes             {json.dumps(summary['outcomes'], sort_keys=True)} (stored)",
-        f"daemon log           {summary['log_lines']} lines, {summary['log_warnings']} "
-        "warnings or errors",
+        f"daemon log           {summary['log_lines']} lines, warnings and errors: "
+        f"{json.dumps(summary['log_warnings'], sort_keys=True)}",
     ]
     ratio = None
     if "blackbox" in usage:
