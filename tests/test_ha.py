@@ -375,6 +375,39 @@ def test_one_vantages_bad_path_switches_nothing_a_majority_does(world: World) ->
         assert "switch_started" in cluster.logs[leader].read_text()
 
 
+def events(cluster: Cluster) -> list[str]:
+    store = Store(cluster.url)
+    try:
+        return [e.kind for e in SwitchLog(store).history(None, 0)]
+    finally:
+        store.close()
+
+
+def test_a_standby_down_on_one_vantages_path_pages_nobody(world: World) -> None:
+    world.policy = {**world.policy, "interval": 1.0}  # fresh for 2 s, as above
+    with ExitStack() as stack:
+        cluster = Cluster(world, stack)
+        poll(lambda: cluster.heartbeats() == set(NAMES), 30, "three instances up")
+        poll(lambda: views_of(cluster, "b") == dict.fromkeys(NAMES, "up"), 15, "b up everywhere")
+        leader = cluster.leader()
+        assert leader is not None
+        # The leader's own path to the fallback breaks; the other two see it serve.
+        world.sims["b"].set_for(leader, Behaviour.HTTP_503)
+        poll(lambda: views_of(cluster, "b").get(leader) == "down", 15, "the leader's view")
+        time.sleep(6 * INTERVAL)
+        assert "endpoint_down" not in events(cluster)
+        world.sims["b"].set_for(leader, None)
+        poll(lambda: views_of(cluster, "b").get(leader) == "up", 15, "the leader's view back")
+        time.sleep(4 * INTERVAL)
+        assert not {"endpoint_down", "endpoint_up"} & set(events(cluster))
+        # The fallback really breaks, for everybody: on-call hears of it, once.
+        world.sims["b"].set(Behaviour.HTTP_503)
+        poll(lambda: "endpoint_down" in events(cluster), 20, "the notice about b")
+        time.sleep(4 * INTERVAL)
+        assert events(cluster).count("endpoint_down") == 1
+        assert world.updates() == 0
+
+
 def test_an_isolated_vantage_is_not_counted(world: World) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     world.policy = {**world.policy, "interval": 1.0}  # fresh for 2 s, as above
