@@ -1,22 +1,42 @@
-"""Probe load: the real scheduler, prober, health loop and recorder against N endpoints.
+"""Probe load: what probing N endpoints costs, three ways.
 
-    .venv/bin/python benchmarks/probe_load.py                      # the issue's target, ~75 s
-    .venv/bin/python benchmarks/probe_load.py --endpoints 50 --interval 1 --duration 5
+    .venv/bin/python benchmarks/probe_load.py --mode side-by-side   # daemon vs blackbox_exporter
+    .venv/bin/python benchmarks/probe_load.py --mode daemon --endpoints 2000 --interval 10
+    .venv/bin/python benchmarks/probe_load.py --mode loop           # in-process, see below
 
 The endpoints are paths on one simulated OpenAI-compatible server (`monitor.sim.openai`)
 running in a separate process, so its threads and CPU are not charged to the monitor.
 Endpoint i is `http://127.0.0.1:PORT/e{i}/v1`; endpoints are put ten to a group (`g0` holds
 e0..e9), the shape of a real config where a group has a primary and a few fallbacks.
 
-The issue's target, on one core: 1,000 endpoints at a 10 s interval with scheduler lag p99
-under 100 ms, latency-measurement error p99 under 5 ms and RSS under 150 MB. To hold the
-"one core" part, this process is pinned to one CPU and the server to the others when the
-machine has at least two (`--no-pin` turns that off).
+Modes:
 
-Measurement starts after a warm-up of three intervals (the startup round is spread over the
-first seconds, and each endpoint then moves to its own place on the interval) and lasts
-`--duration` seconds. It prints numbers and whether each target was met; it never fails
-on a missed target, since a benchmark is for reading, not for gating.
+- `daemon`: `convai-monitor run` as a process, as users run it: the probes, the failover
+  engine's evaluation of every group, Convai sync (against `monitor.sim.convai` in its own
+  process, the groups registered by `run --register`), the SQLite store, the HTTP server
+  with `/metrics` scraped every 15 s as Prometheus would, and its info-level logs (to a
+  file). Its CPU time and memory are read from /proc/PID; probes and missed runs from its
+  /metrics, the scheduler lag p99 from its lag histogram (so it is known to the bucket:
+  1, 5, 10, 25, 50, 100 ms ...), the latency error from the probe results it stored.
+- `side-by-side`: the same, plus Prometheus' blackbox_exporter (Debian's
+  `prometheus-blackbox-exporter`) probing the same endpoints at the same rate with an
+  `http` module that POSTs the daemon's own request body, headers and key, follows no
+  redirect and checks the reply carries `"choices"`. This script plays Prometheus for it:
+  it asks `/probe` for each endpoint once per interval, spread over the interval. Both
+  run at once on the same core; each is charged its own CPU from /proc, and the ratio of
+  CPU per probe is printed. blackbox_exporter's figure includes answering those /probe
+  requests (as it must for Prometheus), the daemon's includes everything listed above.
+- `loop`: the scheduler, prober, health loop and recorder in this process (no failover
+  engine, Convai, server or logging): the probe path alone, with exact lag and error
+  percentiles.
+
+To hold the "one core" part, the monitor (and blackbox_exporter) are pinned to one CPU and
+the simulators and this script to the others when the machine has at least two
+(`--no-pin` turns that off). Measurement starts after a warm-up (three intervals by
+default; the startup round is spread over the first seconds, and each endpoint then moves
+to its own place on the interval) and lasts `--duration` seconds. It prints numbers and
+whether each target was met; it never fails on a missed target, since a benchmark is for
+reading, not for gating.
 """
 
 from __future__ import annotations
@@ -25,21 +45,29 @@ import argparse
 import asyncio
 import contextlib
 import http.client
+import itertools
 import json
 import os
 import resource
 import select
+import shutil
+import signal
+import socket
+import sqlite3
 import subprocess
 import sys
 import tempfile
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import aiohttp
+import yaml
 from apscheduler.schedulers.asyncio import AsyncIOScheduler
+from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.config import Policy, Target
 from monitor.domain.health import HealthState, Transition
@@ -47,16 +75,19 @@ from monitor.domain.latency import percentile
 from monitor.domain.outcome import ProbeResult
 from monitor.logs import setup_logging
 from monitor.loop import run as run_loop
-from monitor.probes import ChatProber
-from monitor.runtime.monitor import Monitor
+from monitor.probes import ChatProber, ProbeShape
+from monitor.probes.chat import request_body, user_agent
+from monitor.runtime.monitor import STARTUP_RATE, Monitor
 from monitor.runtime.recorder import Recorder
+from monitor.sim.convai import DEFAULT_API_KEY as CONVAI_KEY
 from monitor.store import Store
 
 MODEL = "bench-model"
 GROUP_SIZE = 10
-# The issue's targets.
-LAG_P99_TARGET_MS = 100.0
-ERROR_P99_TARGET_MS = 5.0
+# The targets (issue 14: 2,000 endpoints at 10 s on one core, and the side-by-side run).
+CPU_SHARE_TARGET = 0.40
+LAG_P99_TARGET_MS = 50.0
+ERROR_P99_TARGET_MS = 2.0
 RSS_TARGET_MB = 150.0
 # Long enough for `python -m` to import and bind on a loaded machine.
 SERVER_START_TIMEOUT = 20.0
@@ -335,13 +366,477 @@ def report(summary: dict[str, Any]) -> None:
     print("\n".join(lines), flush=True)
 
 
+# --- the daemon as a process, and blackbox_exporter beside it ----------------------------
+
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
+BLACKBOX = "prometheus-blackbox-exporter"
+SCRAPE_EVERY = 15.0  # Prometheus' default scrape interval
+READY_TIMEOUT = 120.0  # plus the start-up round (spread at STARTUP_RATE probes/s)
+
+
+def spawn(command: list[str], cpus: set[int] | None, **popen: Any) -> subprocess.Popen[str]:
+    """Start a process on `cpus` (a child inherits the affinity of the thread that forks
+    it, and so do the threads it starts later; setting it on the pid afterwards would miss
+    those)."""
+    mine = os.sched_getaffinity(0) if cpus is not None else None
+    if cpus is not None:
+        os.sched_setaffinity(0, cpus)
+    try:
+        return subprocess.Popen(command, text=True, **popen)
+    finally:
+        if mine is not None:
+            os.sched_setaffinity(0, mine)
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    if process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU of every thread of `pid`, from /proc/PID/stat (fields 14, 15)."""
+    after_name = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(after_name[11]) + int(after_name[12])) / CLOCK_TICKS
+
+
+def memory_mb(pid: int) -> tuple[float, float]:
+    """(resident now, peak resident) of `pid` in MB, from /proc/PID/status."""
+    values: dict[str, float] = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "VmHWM"):
+            values[name] = int(rest.split()[0]) / 1024.0
+    return values.get("VmRSS", 0.0), values.get("VmHWM", 0.0)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def start_convai(cpus: set[int] | None) -> tuple[subprocess.Popen[str], str]:
+    command = [sys.executable, "-m", "monitor.sim.convai", "--port", "0"]
+    process = spawn(command, cpus, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], SERVER_START_TIMEOUT)
+    line = process.stdout.readline().strip() if ready else ""
+    if not line.startswith("http://"):
+        stop_process(process)
+        raise RuntimeError(f"the Convai sim did not start (first line: {line!r})")
+    return process, line
+
+
+def daemon_config(
+    args: argparse.Namespace, tmp: Path, origin: str, convai: str, listen: str
+) -> Path:
+    targets = build_targets(origin, args.endpoints, args.interval)
+    groups: dict[str, list[dict[str, str]]] = {}
+    for t in targets:
+        groups.setdefault(t.group, []).append(
+            {"name": t.endpoint, "base_url": t.base_url, "api_key": t.api_key}
+        )
+    policy = targets[0].policy
+    data = {
+        "convai": {"api_key": CONVAI_KEY, "base_url": convai},
+        "storage": {"url": f"sqlite:///{tmp / 'daemon.db'}"},
+        "server": {"listen": listen},
+        "probes": {"max_in_flight": args.max_in_flight},
+        "defaults": {
+            "interval": policy.interval,
+            "fast_interval": policy.fast_interval,
+            "timeout": policy.timeout,
+        },
+        "groups": [
+            {"model_group_name": name, "model_name": MODEL, "endpoints": endpoints}
+            for name, endpoints in groups.items()
+        ],
+    }
+    path = tmp / "daemon.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def blackbox_config(tmp: Path, target: Target) -> Path:
+    """An `http` module sending what the daemon sends: the same body, key and agent."""
+    module = {
+        "prober": "http",
+        "timeout": f"{target.policy.timeout:g}s",
+        "http": {
+            "method": "POST",
+            "headers": {
+                "Content-Type": "application/json",
+                "Authorization": f"Bearer {target.api_key}",
+                "User-Agent": user_agent("blackbox"),
+            },
+            "body": request_body(target, ProbeShape()).decode(),
+            "valid_status_codes": [200],
+            "no_follow_redirects": True,
+            "preferred_ip_protocol": "ip4",
+            "fail_if_body_not_matches_regexp": ['"choices"'],
+        },
+    }
+    path = tmp / "blackbox.yml"
+    path.write_text(yaml.safe_dump({"modules": {"chat": module}}, sort_keys=False))
+    return path
+
+
+def start_blackbox(tmp: Path, target: Target, cpus: set[int] | None) -> tuple[Any, str]:
+    binary = shutil.which(BLACKBOX) or shutil.which("blackbox_exporter")
+    if binary is None:
+        raise SystemExit(f"error: {BLACKBOX} is not installed (Debian: apt-get install {BLACKBOX})")
+    listen = f"127.0.0.1:{free_port()}"
+    command = [
+        binary,
+        f"--config.file={blackbox_config(tmp, target)}",
+        f"--web.listen-address={listen}",
+        "--log.level=warn",
+    ]
+    sink = (tmp / "blackbox.log").open("w")
+    process = spawn(command, cpus, stdin=subprocess.DEVNULL, stdout=sink, stderr=sink)
+    return process, f"http://{listen}"
+
+
+@dataclass
+class Scrape:
+    """What one /metrics scrape said, summed over every endpoint."""
+
+    probes: float = 0.0
+    missed: float = 0.0
+    lag_buckets: dict[float, float] = field(default_factory=dict)  # le -> cumulative count
+
+
+def parse_metrics(text: str) -> Scrape:
+    scrape = Scrape()
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name == "convai_monitor_probes_total":
+                scrape.probes += sample.value
+            elif sample.name == "convai_monitor_missed_runs_total":
+                scrape.missed += sample.value
+            elif sample.name == "convai_monitor_scheduler_lag_seconds_bucket":
+                scrape.lag_buckets[float(sample.labels["le"])] = sample.value
+    return scrape
+
+
+def lag_p99_bound(before: Scrape, after: Scrape) -> float | None:
+    """The smallest histogram bound (ms) under which 99% of the window's lags fall."""
+    counts = sorted(
+        (le, after.lag_buckets[le] - before.lag_buckets.get(le, 0.0)) for le in after.lag_buckets
+    )
+    total = counts[-1][1] if counts else 0.0
+    if total <= 0:
+        return None
+    return next(le * 1000.0 for le, count in counts if count >= 0.99 * total)
+
+
+@dataclass
+class Driver:
+    """Plays Prometheus for blackbox_exporter: one /probe per endpoint per interval."""
+
+    completed: list[tuple[float, bool]] = field(default_factory=list)  # (done at, success)
+    failures: Counter[str] = field(default_factory=Counter)
+
+    async def run(
+        self, session: aiohttp.ClientSession, exporter: str, urls: list[str], interval: float
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        start, step = loop.time(), interval / len(urls)
+        timeout = str(interval)
+        tasks: set[asyncio.Task[None]] = set()
+        for index in itertools.count():
+            delay = start + index * step - loop.time()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            url = urls[index % len(urls)]
+            task = asyncio.create_task(self._probe(session, exporter, url, timeout))
+            tasks.add(task)
+            task.add_done_callback(tasks.discard)
+
+    async def _probe(
+        self, session: aiohttp.ClientSession, exporter: str, url: str, scrape_timeout: str
+    ) -> None:
+        params = {"module": "chat", "target": url}
+        headers = {"X-Prometheus-Scrape-Timeout-Seconds": scrape_timeout}
+        try:
+            async with session.get(f"{exporter}/probe", params=params, headers=headers) as reply:
+                text = await reply.text()
+        except aiohttp.ClientError as exc:
+            self.failures[type(exc).__name__] += 1
+            return
+        self.completed.append((time.time(), "\nprobe_success 1" in text))
+
+
+async def get_text(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
+    async with session.get(url) as reply:
+        return reply.status, await reply.text()
+
+
+async def wait_ready(
+    session: aiohttp.ClientSession, base: str, daemon: Any, endpoints: int
+) -> float:
+    """Seconds until /readyz says every endpoint was probed once."""
+    started = time.monotonic()
+    limit = READY_TIMEOUT + endpoints / STARTUP_RATE
+    while time.monotonic() - started < limit:
+        if daemon.poll() is not None:
+            raise RuntimeError(f"the daemon exited with {daemon.returncode} (see its log)")
+        with contextlib.suppress(aiohttp.ClientError):
+            status, _ = await get_text(session, f"{base}/readyz")
+            if status == 200:
+                return time.monotonic() - started
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"the daemon was not ready within {limit:g} s")
+
+
+@dataclass
+class Usage:
+    """A process's CPU over the measured window and its memory at the end."""
+
+    cpu_s: float
+    rss_mb: float
+    peak_rss_mb: float
+
+
+async def measure_processes(
+    args: argparse.Namespace,
+    daemon: Any,
+    base: str,
+    blackbox: tuple[Any, str] | None,
+    urls: list[str],
+) -> dict[str, Any]:
+    connector = aiohttp.TCPConnector(limit=0)
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+        ready_s = await wait_ready(session, base, daemon, args.endpoints)
+        driver = Driver()
+        driving = (
+            asyncio.create_task(driver.run(session, blackbox[1], urls, args.interval))
+            if blackbox is not None
+            else None
+        )
+        try:
+            await asyncio.sleep(args.warmup if args.warmup is not None else 3 * args.interval)
+            pids = {"daemon": daemon.pid} | ({"blackbox": blackbox[0].pid} if blackbox else {})
+            cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            wall0 = time.time()
+            first = parse_metrics((await get_text(session, f"{base}/metrics"))[1])
+            bb0 = len(driver.completed)
+            last = first
+            # /metrics every 15 s through the window, as Prometheus would scrape it.
+            end = wall0 + args.duration
+            while (left := end - time.time()) > 0:
+                await asyncio.sleep(min(SCRAPE_EVERY, left))
+                last = parse_metrics((await get_text(session, f"{base}/metrics"))[1])
+            wall1 = time.time()
+            cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
+            bb1 = len(driver.completed)
+            usage = {
+                name: Usage(cpu1[name] - cpu0[name], *memory_mb(pid)) for name, pid in pids.items()
+            }
+        finally:
+            if driving is not None:
+                driving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await driving
+    window = driver.completed[bb0:bb1]
+    return {
+        "ready_s": ready_s,
+        "wall0": wall0,
+        "wall1": wall1,
+        "usage": usage,
+        "daemon_probes": last.probes - first.probes,
+        "missed": last.missed - first.missed,
+        "lag_p99_bound_ms": lag_p99_bound(first, last),
+        "blackbox_probes": len(window),
+        "blackbox_success": sum(ok for _, ok in window),
+        "blackbox_failures": dict(driver.failures),
+    }
+
+
+def stored_results(db: Path, wall0: float, wall1: float) -> tuple[Counter[str], list[float]]:
+    """The daemon's stored outcomes and ok latencies for probes started in the window."""
+    with contextlib.closing(sqlite3.connect(db)) as connection:
+        rows = connection.execute(
+            "SELECT outcome, latency_ms FROM probe_results WHERE at >= ? AND at < ?",
+            (wall0, wall1),
+        ).fetchall()
+    outcomes = Counter(outcome for outcome, _ in rows)
+    latencies = sorted(ms for outcome, ms in rows if outcome == "ok" and ms is not None)
+    return outcomes, latencies
+
+
+def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> dict[str, Any]:
+    monitor_cpus = {cpus[0]} if pinned else None
+    others = set(cpus[1:]) if pinned else None
+    if pinned:
+        os.sched_setaffinity(0, others or set(cpus))  # this script plays Prometheus: off the core
+    started: list[Any] = []
+    try:
+        sim, origin = start_server(args.delay, others)
+        started.append(sim)
+        floor = calibrate(origin, args.calibrate, args.delay)
+        convai, convai_url = start_convai(others)
+        started.append(convai)
+        with tempfile.TemporaryDirectory(prefix="probe-load-") as tmp_name:
+            tmp = Path(tmp_name)
+            listen = f"127.0.0.1:{free_port()}"
+            config = daemon_config(args, tmp, origin, convai_url, listen)
+            log_file = (tmp / "daemon.log").open("w")
+            command = [sys.executable, "-m", "monitor", "run", "-c", str(config), "--register"]
+            daemon = spawn(
+                command, monitor_cpus, stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file
+            )
+            started.append(daemon)
+            blackbox = None
+            if args.mode == "side-by-side":
+                blackbox = start_blackbox(
+                    tmp, build_targets(origin, 1, args.interval)[0], monitor_cpus
+                )
+                started.append(blackbox[0])
+            urls = [
+                t.base_url + "/chat/completions"
+                for t in build_targets(origin, args.endpoints, args.interval)
+            ]
+            try:
+                summary = run_loop(
+                    measure_processes(args, daemon, f"http://{listen}", blackbox, urls)
+                )
+            finally:
+                stop_process(daemon)
+                log_file.close()
+            outcomes, latencies = stored_results(
+                tmp / "daemon.db", summary["wall0"], summary["wall1"]
+            )
+            log_lines = (tmp / "daemon.log").read_text().splitlines()
+    finally:
+        for process in reversed(started):
+            if process is sim:
+                stop_server(process)
+            else:
+                stop_process(process)
+    delay_ms = args.delay * 1000.0
+    errors = [ms - delay_ms for ms in latencies]
+    summary.update(
+        endpoints=args.endpoints,
+        interval_s=args.interval,
+        delay_ms=delay_ms,
+        max_in_flight=args.max_in_flight,
+        pinned=pinned,
+        outcomes=dict(outcomes),
+        stored_probes=sum(outcomes.values()),
+        latency_p50_ms=percentile(latencies, 50),
+        latency_p99_ms=percentile(latencies, 99),
+        error_p50_ms=percentile(errors, 50),
+        error_p99_ms=percentile(errors, 99),
+        floor_samples=len(floor),
+        floor_p50_ms=percentile(floor, 50),
+        floor_p99_ms=percentile(floor, 99),
+        log_lines=len(log_lines),
+        log_warnings=dict(warnings(log_lines)),
+    )
+    return summary
+
+
+def warnings(lines: list[str]) -> Counter[str]:
+    """The daemon's warning and error events by name."""
+    events: Counter[str] = Counter()
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and event.get("level") in ("warning", "error"):
+                events[str(event.get("event"))] += 1
+    return events
+
+
+def report_processes(summary: dict[str, Any]) -> None:
+    elapsed = summary["wall1"] - summary["wall0"]
+    usage: dict[str, Usage] = summary["usage"]
+    ours = usage["daemon"]
+    probes = summary["daemon_probes"]
+    per_probe = ours.cpu_s / probes * 1000.0 if probes else None
+    lag = summary["lag_p99_bound_ms"]
+    error_p99 = summary["error_p99_ms"]
+    share = ours.cpu_s / elapsed if elapsed > 0 else 0.0
+    lines = [
+        f"endpoints            {summary['endpoints']} every {summary['interval_s']:g} s "
+        f"(server delay {summary['delay_ms']:g} ms, max in flight {summary['max_in_flight']}, "
+        f"cpu pinned: {summary['pinned']})",
+        f"measured             {elapsed:.1f} s, {summary['ready_s']:.1f} s to ready",
+        f"daemon               {probes:.0f} probes ({probes / elapsed:.1f}/s), "
+        f"{ours.cpu_s:.2f} s cpu = {share:.1%} of one core, "
+        + ("n/a" if per_probe is None else f"{per_probe:.3f} ms cpu/probe")
+        + f", rss {ours.rss_mb:.0f} MB (peak {ours.peak_rss_mb:.0f} MB)",
+        f"scheduler lag        p99 <= {'n/a' if lag is None else f'{lag:g} ms'} "
+        "(the daemon's lag histogram, to the bucket)",
+        f"latency              p50 {_ms(summary['latency_p50_ms'])}, "
+        f"p99 {_ms(summary['latency_p99_ms'])} (stored ok probes)",
+        f"latency error        p50 {_ms(summary['error_p50_ms'])}, p99 {_ms(error_p99)} "
+        "(measured minus server delay)",
+        f"sim floor            p50 {_ms(summary['floor_p50_ms'])}, "
+        f"p99 {_ms(summary['floor_p99_ms'])} ({summary['floor_samples']} sequential "
+        "requests from http.client: the sim's own share)",
+        f"missed runs          {summary['missed']:.0f}",
+        f"outcomes             {json.dumps(summary['outcomes'], sort_keys=True)} (stored)",
+        f"daemon log           {summary['log_lines']} lines, warnings and errors: "
+        f"{json.dumps(summary['log_warnings'], sort_keys=True)}",
+    ]
+    ratio = None
+    if "blackbox" in usage:
+        theirs = usage["blackbox"]
+        count = summary["blackbox_probes"]
+        their_per = theirs.cpu_s / count * 1000.0 if count else None
+        if per_probe is not None and their_per:
+            ratio = per_probe / their_per
+        lines += [
+            f"blackbox_exporter    {count} probes ({count / elapsed:.1f}/s, "
+            f"{summary['blackbox_success']} successful"
+            + (
+                f", driver errors {summary['blackbox_failures']}"
+                if summary["blackbox_failures"]
+                else ""
+            )
+            + f"), {theirs.cpu_s:.2f} s cpu = {theirs.cpu_s / elapsed:.1%} of one core, "
+            + ("n/a" if their_per is None else f"{their_per:.3f} ms cpu/probe")
+            + f", rss {theirs.rss_mb:.0f} MB (peak {theirs.peak_rss_mb:.0f} MB)",
+            "ratio                "
+            + ("n/a" if ratio is None else f"{ratio:.2f}")
+            + " (daemon cpu/probe over blackbox_exporter's)",
+        ]
+    lines += [
+        "targets:",
+        f"  cpu <= {CPU_SHARE_TARGET:.0%} of one core     {_met(share <= CPU_SHARE_TARGET)}",
+        f"  lag p99 <= {LAG_P99_TARGET_MS:g} ms        "
+        + _met(lag is not None and lag <= LAG_P99_TARGET_MS),
+        f"  latency error p99 <= {ERROR_P99_TARGET_MS:g} ms "
+        + _met(error_p99 is not None and error_p99 <= ERROR_P99_TARGET_MS),
+        f"  rss <= {RSS_TARGET_MB:g} MB             {_met(ours.peak_rss_mb <= RSS_TARGET_MB)}",
+        f"  no missed runs             {_met(summary['missed'] == 0)}",
+        f"  every outcome ok           {_met(set(summary['outcomes']) == {'ok'})}",
+    ]
+    if ratio is not None:
+        lines.append(f"  ratio <= 1.0               {_met(ratio <= 1.0)}")
+    print("\n".join(lines), flush=True)
+
+
 # --- entry ---------------------------------------------------------------------------------
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
-    parser.add_argument("--endpoints", type=int, default=1000, help="endpoints (default 1000)")
-    parser.add_argument("--interval", type=float, default=10.0, help="probe interval, s (10)")
+    parser.add_argument(
+        "--mode",
+        choices=["daemon", "side-by-side", "loop"],
+        default="side-by-side",
+        help="what is measured (see the module doc; default side-by-side)",
+    )
+    parser.add_argument("--endpoints", type=int, default=500, help="endpoints (default 500)")
+    parser.add_argument("--interval", type=float, default=5.0, help="probe interval, s (5)")
     parser.add_argument("--duration", type=float, default=60.0, help="measured time, s (60)")
     parser.add_argument("--delay", type=float, default=0.05, help="server-side delay, s (0.05)")
     parser.add_argument("--max-in-flight", type=int, default=100, help="probe bound (100)")
@@ -370,6 +865,13 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("warning")
     cpus = sorted(os.sched_getaffinity(0))
     pinned = not args.no_pin and len(cpus) >= 2
+    if args.mode != "loop":
+        summary = run_processes(args, cpus, pinned)
+        report_processes(summary)
+        if args.json:
+            summary["usage"] = {name: asdict(u) for name, u in summary["usage"].items()}
+            print(json.dumps(summary, sort_keys=True))
+        return 0
     if pinned:
         os.sched_setaffinity(0, {cpus[0]})
     process, origin = start_server(args.delay, set(cpus[1:]) if pinned else None)

@@ -23,11 +23,13 @@ from monitor.metrics import Metrics
 from monitor.probes import ChatProber, ProbeShape
 from monitor.runtime.failover import Engine
 from monitor.runtime.jobs import Jobs
+from monitor.runtime.leader import Leadership
 from monitor.runtime.monitor import Monitor
 from monitor.runtime.recorder import Recorder
 from monitor.runtime.retarget import retarget
 from monitor.server import Check, ListenError, StatusServer
 from monitor.store import Store
+from monitor.store.lease import Leases
 from monitor.store.outbox import Deliveries, Outbox
 from monitor.store.switching import SwitchLog
 from monitor.systemd import SystemdNotify
@@ -173,6 +175,7 @@ class Daemon:
         self.monitor: Monitor | None = None
         self.engine: Engine | None = None
         self.deliverer: Deliverer | None = None
+        self.leadership: Leadership | None = None
         self.server: StatusServer | None = None
         self.metrics = Metrics()
         self.scheduler = AsyncIOScheduler(timezone="UTC")
@@ -274,6 +277,16 @@ class Daemon:
             recorder.call,
             on_attempt=lambda outcome: metrics.alert_deliveries.labels(outcome).inc(),
         )
+        leadership = Leadership(
+            Leases(store),
+            config.instance.name,
+            config.ha.lease_ttl,
+            recorder.call,
+            on_elected=self._elected,
+            isolated=self._isolated,
+        )
+        self.leadership = leadership
+        recorder.leading = leadership.held
         engine = Engine(
             config,
             monitor,
@@ -282,8 +295,13 @@ class Daemon:
             dry_run=self.dry_run,
             register=self.register,
             config_path=self.config_path,
+            leading=leadership.held,
+            fence=leadership.fence,
         )
         self.engine = engine
+        # The first instance up leads at once; the others follow until the lease lapses.
+        await self._renew()
+        self.deliverer.serving = lambda: engine.beliefs.serving
         # Reconcile interrupted switches and learn where groups point before probing.
         await engine.start()
         # The sync may have moved a group's probes to Convai's model.
@@ -329,9 +347,16 @@ class Daemon:
             task.cancel()
         if self.deliverer is not None:
             # One last pass, so the page about what just happened is not left behind.
-            with suppress(Exception):
-                await asyncio.wait_for(self.deliverer.run_once(), FINAL_DELIVERY_TIMEOUT)
+            if self._leading():
+                with suppress(Exception):
+                    await asyncio.wait_for(self.deliverer.run_once(), FINAL_DELIVERY_TIMEOUT)
             self.deliverer.close()
+        if self.leadership is not None:
+            if self.monitor is not None:
+                # The last results still count as the leader's (the shared health).
+                await self.monitor.recorder.flush()
+            # Hand over now rather than after a lease_ttl of nobody leading.
+            await self.leadership.release()
         if self.server is not None:
             self.server.stop()
 
@@ -357,9 +382,12 @@ class Daemon:
             self.engine.tick, min(DECIDE_INTERVAL, max(MIN_DECIDE_INTERVAL, fastest)), "decide"
         )
         self._every(self.engine.sync, config.convai.sync_interval, "sync")
-        self._every(self.deliverer.run_once, ALERT_POLL_INTERVAL, "alerts")
+        assert self.leadership is not None
+        self._every(self._renew, config.ha.lease_ttl / 3, "lease")
+        # The outbox is shared: only the leader delivers, so three instances page once.
+        self._every(self._leader_only(self.deliverer.run_once), ALERT_POLL_INTERVAL, "alerts")
         self._every(
-            self.deliverer.remind,
+            self._leader_only(self.deliverer.remind),
             max(0.1, min(60.0, config.alerts.reminder_interval / 4)),
             "reminders",
         )
@@ -368,6 +396,29 @@ class Daemon:
         if self.notify.watchdog_interval is not None:
             beat = min(beat, self.notify.watchdog_interval)
         self._every(self._beat, beat, "heartbeat")
+
+    def _leading(self) -> bool:
+        return self.leadership is not None and self.leadership.held()
+
+    def _isolated(self) -> bool:
+        return self.engine is not None and self.engine.isolated
+
+    def _leader_only(self, fn: Any) -> Any:
+        async def job() -> None:
+            if self._leading():
+                await fn()
+
+        return job
+
+    async def _elected(self) -> None:
+        if self.engine is not None:
+            self.engine.takeover()
+
+    async def _renew(self) -> None:
+        assert self.leadership is not None
+        await self.leadership.renew()
+        self.metrics.leader.set(1 if self.leadership.held() else 0)
+        self.metrics.isolated.set(1 if self._isolated() else 0)
 
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -426,14 +477,22 @@ class Daemon:
 
     def ready_check(self) -> Check:
         migrated = True  # the daemon does not start before migrations are applied
-        convai = self.engine is not None and self.engine.synced
+        leading = self._leading()
+        # A follower acts on nothing, so it needs no answer from Convai to be useful.
+        convai = self.engine is not None and (self.engine.synced or not leading)
         probed = self._all_probed()
+        database = self.leadership is not None and self.leadership.reachable
+        # Cut off from every endpoint and Convai: this instance's view counts for nothing.
+        isolated = self._isolated()
         return Check(
-            migrated and convai and probed,
+            migrated and convai and probed and database and not isolated,
             {
                 "database_migrated": migrated,
+                "database_reachable": database,
                 "convai_reached": convai,
                 "all_endpoints_probed": probed,
+                "leader": leading,
+                "isolated": isolated,
             },
         )
 

@@ -277,6 +277,17 @@ class InstanceConfig(Strict):
     )
 
 
+class HaConfig(Strict):
+    # How long the leader lease lasts without renewal; renewed every third of it, so two
+    # missed renewals still leave it held. A dead leader is replaced within this time.
+    lease_ttl: Duration = Field(default=15.0, ge=1.0, le=600.0)
+    # How many vantages (instances with fresh results) must judge an endpoint down before
+    # the leader acts on it. Unset: a majority of the fresh vantages (one of one, two of
+    # three). A fixed number is never lowered: with fewer fresh vantages than that,
+    # nothing is judged down.
+    quorum: int | None = Field(default=None, ge=1, le=100)
+
+
 class ServerAuth(Strict):
     """Basic auth in front of the status page and its API (never the health checks)."""
 
@@ -363,6 +374,7 @@ class Config(Strict):
     alerts: AlertsConfig = AlertsConfig()
     server: ServerConfig = ServerConfig()
     instance: InstanceConfig = InstanceConfig()
+    ha: HaConfig = HaConfig()
 
     @model_validator(mode="after")
     def _unique_target_names(self) -> Config:

@@ -280,8 +280,14 @@ def _group(group: dict[str, Any], now: float) -> str:
     if switch is None:
         last = "never switched"
     else:
+        # A rehome or key rotation updates Convai without moving the group.
+        moved = (
+            f"<b>{_t(switch['from'])} → {_t(switch['to'])}</b>"
+            if switch["from"] != switch["to"]
+            else f"on <b>{_t(switch['to'])}</b>"
+        )
         last = (
-            f"last switch {_t(switch['kind'])} <b>{_t(switch['from'])} → {_t(switch['to'])}</b>"
+            f"last switch {_t(switch['kind'])} {moved}"
             f" {_t(_ago(switch['at'], now))}: {_t(switch['reason'])}"
         )
     endpoints = "".join(_endpoint(group, e, now) for e in group["endpoints"])

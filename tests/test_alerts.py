@@ -75,6 +75,9 @@ def test_reminders_and_backoff() -> None:
     assert reminder_due(True, Severity.CRITICAL, 0.0, 1800.0, 1800.0)
     assert not reminder_due(True, Severity.CRITICAL, 0.0, 1799.0, 1800.0)
     assert not reminder_due(True, Severity.WARNING, 0.0, 9999.0, 1800.0)
+    # Characters served by a healthy fallback: the incident waits without reminders.
+    assert not reminder_due(True, Severity.CRITICAL, 0.0, 9999.0, 1800.0, serving=True)
+    assert not reminder_due(False, Severity.CRITICAL, 0.0, 9999.0, 1800.0)
     assert [backoff(n) for n in (1, 2, 3, 10)] == [2.0, 4.0, 8.0, 120.0]
 
 

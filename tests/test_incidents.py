@@ -185,3 +185,40 @@ async def test_a_failover_page_says_what_broke_where_the_group_is_and_what_to_ru
     assert "Broken: a: http_5xx HTTP 500 since " in page.message
     assert "The group is now on b, which passed pre-flight" in page.message
     assert f"To act: convai-monitor explain -c {path} {GROUP}" in page.message
+
+
+async def test_a_group_served_by_a_healthy_fallback_is_not_reminded_until_it_breaks_again(
+    world: World, receiver: AlertReceiver
+) -> None:
+    """After a failover the incident stays open until the failback (one story), but while
+    characters are served by a healthy fallback nobody is woken again; when that fallback
+    breaks too, the reminders come back; the failback resolves it."""
+    world.policy = {"failback_after": 60}
+    config = world.config()
+    a, b, c = world.sims["a"], world.sims["b"], world.sims["c"]
+    async with running(config) as daemon:
+        assert daemon.engine is not None
+        serving = daemon.engine.beliefs.serving
+        await settled(world)
+        a.set(Behaviour.REFUSE)
+        await wait_for(lambda: world.registered()["base_url"] == b.base_url, what="failover")
+        await wait_for(lambda: GROUP in serving, what="served by b")
+        # Seven reminder intervals on a healthy fallback: the pager hears nothing more.
+        await asyncio.sleep(3.5)
+        assert paged(receiver) == [f"[CRITICAL] {GROUP}: failed over"]
+        # The fallback's fallback: c too breaks, then b; the group is all down.
+        c.set(Behaviour.REFUSE)
+        b.set(Behaviour.REFUSE)
+        await wait_for(
+            lambda: any("still unresolved" in t for t in paged(receiver)),
+            what="reminders while characters are failing",
+        )
+        assert GROUP not in serving
+        a.set(Behaviour.OK)
+        await wait_for(
+            lambda: world.registered()["base_url"] == a.base_url, limit=15, what="back home"
+        )
+        await quiet_after_resolution(receiver)
+    titles = paged(receiver)
+    assert titles[0] == f"[CRITICAL] {GROUP}: failed over"
+    assert titles[-1].startswith("[RESOLVED]")

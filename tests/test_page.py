@@ -143,7 +143,7 @@ async def test_page_and_api_after_a_failover(world: World, receiver: AlertReceiv
     data = status.json()
     assert data["groups"][0]["state"] == "failed_over"
     assert data["groups"][0]["active_endpoint"] == "b"
-    assert set(data) == {"generated_at", "daemon", "groups", "unmonitored", "alerts"}
+    assert set(data) == {"generated_at", "cluster", "daemon", "groups", "unmonitored", "alerts"}
     assert history.status_code == 200
     assert "failover" in [e["kind"] for e in history.json()["events"]]
     assert day.json()["events"] == history.json()["events"]
@@ -299,67 +299,72 @@ def test_listen_without_a_host_is_loopback(listen: str, expected: tuple[str, int
 HOSTILE = '<img src=x onerror="alert(1)">&amp;</section>'
 
 
-def test_page_escapes_everything_it_did_not_write() -> None:
+def _model(text: str) -> dict[str, Any]:
+    """A page model with `text` in every field that comes from outside."""
     endpoint = {
-        "name": HOSTILE,
-        "base_url": f"http://h/{HOSTILE}",
-        "health": HOSTILE,
+        "name": text,
+        "base_url": f"http://h/{text}",
+        "health": text,
         "health_since": None,
         "last_probe": {
             "at": "2027-01-15T12:00:00.000Z",
             "ok": False,
-            "outcome": HOSTILE,
+            "outcome": text,
             "latency_ms": None,
             "http_status": 500,
-            "detail": HOSTILE,
+            "detail": text,
         },
         "uptime": {"1h": None, "24h": 50.0, "7d": None, "30d": None},
         "latency_ms": {"p50": None, "p95": None},
         "latency_ms_24h": {"p50": None, "p95": None},
-        "days": [{"day": HOSTILE, "probes": 2, "uptime": 50.0}],
+        "days": [{"day": text, "probes": 2, "uptime": 50.0}],
         "latency": [
             {"at": "2027-01-15T12:00:00.000Z", "seconds": 60, "probes": 1, "p50": 5, "p95": 9}
         ],
     }
-    model = {
+    return {
         "generated_at": "2027-01-15T12:00:30.000Z",
         "groups": [
             {
-                "model_group_name": HOSTILE,
-                "state": HOSTILE,
-                "active_endpoint": HOSTILE,
+                "model_group_name": text,
+                "state": text,
+                "active_endpoint": text,
                 "registered_base_url": None,
-                "condition": HOSTILE,
-                "pinned": {"endpoint": HOSTILE, "until": "2027-01-15T13:00:00.000Z"},
+                "condition": text,
+                "pinned": {"endpoint": text, "until": "2027-01-15T13:00:00.000Z"},
                 "last_switch": {
                     "at": "2027-01-15T12:00:00.000Z",
-                    "from": HOSTILE,
-                    "to": HOSTILE,
-                    "kind": HOSTILE,
-                    "reason": HOSTILE,
-                    "transaction_id": HOSTILE,
+                    "from": text,
+                    "to": text,
+                    "kind": text,
+                    "reason": text,
+                    "transaction_id": text,
                 },
                 "endpoints": [endpoint],
             }
         ],
-        "unmonitored": [{"model_group_name": HOSTILE, "base_url": HOSTILE}],
+        "unmonitored": [{"model_group_name": text, "base_url": text}],
         "alerts": {
             "pending": 0,
             "delivered": 0,
             "failed": 1,
-            "last_failure": {"group": HOSTILE, "kind": HOSTILE, "attempts": 3, "error": HOSTILE},
+            "last_failure": {"group": text, "kind": text, "attempts": 3, "error": text},
         },
         "timeline": [
             {
                 "at": "2027-01-15T12:00:00.000Z",
-                "model_group_name": HOSTILE,
-                "kind": HOSTILE,
-                "message": HOSTILE,
-                "transaction_id": HOSTILE,
+                "model_group_name": text,
+                "kind": text,
+                "message": text,
+                "transaction_id": text,
             }
         ],
         "timeline_since": "2027-01-08T12:00:00.000Z",
     }
+
+
+def test_page_escapes_everything_it_did_not_write() -> None:
+    model = _model(HOSTILE)
     html = render(model, 1_800_000_000.0)
     assert "<img" not in html
     assert 'onerror="' not in html
@@ -381,3 +386,12 @@ async def test_a_reloaded_password_applies_at_once(
         assert (await _get(url, headers=_auth("oncall", PASSWORD))).status_code == 401
         rotated = await _get(url, headers=_auth("oncall", PASSWORD + "-rotated"))
         assert rotated.status_code == 200
+
+
+def test_a_rehome_is_not_shown_as_a_move() -> None:
+    model = _model("x")
+    switch = model["groups"][0]["last_switch"]
+    switch.update({"kind": "rehome", "from": "b", "to": "b", "reason": "new base_url"})
+    html = render(model, 1_800_000_000.0)
+    assert "last switch rehome on <b>b</b>" in html
+    assert "b → b" not in html

@@ -60,8 +60,11 @@ def test_health_ready_and_metrics(world: World) -> None:
         assert ready.json() == {
             "ok": True,
             "database_migrated": True,
+            "database_reachable": True,
             "convai_reached": True,
             "all_endpoints_probed": True,
+            "leader": True,  # alone, it leads
+            "isolated": False,
         }
         world.sims["a"].set(Behaviour.REFUSE)
         poll(lambda: world.registered()["base_url"] == world.sims["b"].base_url, 15, "failover")
@@ -85,6 +88,7 @@ def test_health_ready_and_metrics(world: World) -> None:
     assert samples[("convai_monitor_endpoint_up", (("endpoint", "b"), ("group", GROUP)))] == 1
     assert samples[("convai_monitor_active_endpoint", (("endpoint", "b"), ("group", GROUP)))] == 1
     assert samples[("convai_monitor_active_endpoint", (("endpoint", "a"), ("group", GROUP)))] == 0
+    assert samples[("convai_monitor_leader", ())] == 1
     key = (
         "convai_monitor_switches_total",
         (("group", GROUP), ("kind", "failover"), ("result", "confirmed")),

@@ -4,6 +4,7 @@ windows, rollups, retention, migrations."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,6 +15,7 @@ from sqlalchemy import select, text
 from monitor.domain.health import Health, HealthState
 from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.store import Store
+from monitor.store.lease import Leases
 from monitor.store.switching import SwitchLog, SwitchRecord
 from monitor.store.tables import ResultRow
 
@@ -191,8 +193,9 @@ def test_unreachable_postgres_is_one_line_without_the_password() -> None:
     assert message.startswith("database postgresql+psycopg://monitor:***@127.0.0.1:")
 
 
-def begin(log: SwitchLog) -> SwitchRecord | None:
+def begin(log: SwitchLog, fencing_token: int | None = None) -> SwitchRecord | None:
     return log.begin_switch(
+        fencing_token=fencing_token,
         group="g",
         kind="failover",
         automatic=True,
@@ -264,6 +267,65 @@ def test_each_vantage_keeps_its_own_view(db_url: str) -> None:
     assert east.own_health()[KEY].health is Health.UNKNOWN
     for s in (east, west, reader):
         s.close()
+
+
+def test_leader_lease_fences_a_paused_leader(db_url: str) -> None:
+    east, west = Store(db_url), Store(db_url)
+    east.migrate()
+    leases_east, leases_west = Leases(east), Leases(west)
+    log = SwitchLog(east)
+    log.observe_registration(
+        "g", registered_base_url="http://x/v1", model_name="m", monitored=True,
+        active_endpoint="a", at=NOW,
+    )  # fmt: skip
+    first = leases_east.acquire("east", 0.5, NOW)
+    assert (first.holder, first.token) == ("east", 1)
+    # While east holds it, west only learns who leads.
+    assert leases_west.acquire("west", 0.5, NOW).holder == "east"
+    assert leases_east.acquire("east", 0.5, NOW).token == 1  # a renewal keeps the term
+    time.sleep(0.6)  # east is "paused" past its lease
+    second = leases_west.acquire("west", 5.0, NOW)
+    assert (second.holder, second.token) == ("west", 2)
+    # East wakes up and tries to switch with its old token: refused by the store.
+    assert begin(log, fencing_token=1) is None
+    switch = begin(SwitchLog(west), fencing_token=2)
+    assert switch is not None
+    lease, instances = leases_east.read()
+    assert lease.live
+    assert lease.holder == "west"
+    assert [i.name for i in instances] == ["east", "west"]
+    assert all(i.heartbeat_at > 0 for i in instances)
+    # A clean shutdown hands over at once.
+    assert leases_west.release("west", 2)
+    assert leases_east.acquire("east", 5.0, NOW).token == 3
+    east.close()
+    west.close()
+
+
+def test_an_isolated_leader_steps_aside_for_a_live_instance(db_url: str) -> None:
+    east, west = Store(db_url), Store(db_url)
+    east.migrate()
+    leases_east, leases_west = Leases(east), Leases(west)
+    assert leases_east.acquire("east", 5.0, NOW).holder == "east"
+    # Cut off, but nobody else is alive: it keeps the lease (alone, it still pages that
+    # it is isolated, and switches nothing).
+    assert leases_east.acquire("east", 5.0, NOW, isolated=True).holder == "east"
+    assert leases_west.acquire("west", 5.0, NOW).holder == "east"
+    # Now west is alive and not cut off: east lets go, and west takes it at once.
+    assert leases_east.acquire("east", 5.0, NOW, isolated=True).holder is None
+    taken = leases_west.acquire("west", 5.0, NOW)
+    assert (taken.holder, taken.token) == ("west", 2)
+    # An isolated instance does not take a free lease either while west is alive...
+    assert leases_west.release("west", 2)
+    assert leases_east.acquire("east", 5.0, NOW, isolated=True).holder is None
+    _, instances = leases_east.read()
+    assert {i.name: i.isolated for i in instances} == {"east": True, "west": False}
+    # ...and takes it again once it is back.
+    assert leases_east.acquire("east", 5.0, NOW).holder == "east"
+    _, instances = leases_east.read()
+    assert {i.name: i.isolated for i in instances} == {"east": False, "west": False}
+    east.close()
+    west.close()
 
 
 def spent(at: float, prompt: int | None, completion: int | None) -> ProbeResult:

@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -104,6 +104,8 @@ class Deliverer:
         on_attempt: Callable[[str], None] | None = None,
     ) -> None:
         self.on_attempt = on_attempt  # metrics: "delivered" | "retry" | "failed"
+        # Groups whose characters are served (the engine's view): no reminders for them.
+        self.serving: Callable[[], Collection[str]] = frozenset
         self.config = config
         self.notifier = notifier
         self.deliveries = deliveries
@@ -121,7 +123,11 @@ class Deliverer:
 
     async def remind(self) -> None:
         written = await self.call(
-            self.deliveries.remind, self.outbox, time.time(), self.config.reminder_interval
+            self.deliveries.remind,
+            self.outbox,
+            time.time(),
+            self.config.reminder_interval,
+            frozenset(self.serving()),
         )
         if written:
             log.info("alert_reminders_queued", alerts=written)

@@ -108,10 +108,18 @@ def routed(severity: Severity, min_severity: Severity) -> bool:
 
 
 def reminder_due(
-    opened: bool, severity: Severity, last_sent: float, now: float, interval: float
+    opened: bool,
+    severity: Severity,
+    last_sent: float,
+    now: float,
+    interval: float,
+    serving: bool = False,
 ) -> bool:
-    """An open critical incident is repeated every `interval` until it is resolved."""
-    return opened and severity is Severity.CRITICAL and now - last_sent >= interval
+    """An open critical incident is repeated every `interval` until it is resolved, while
+    characters feel it. A group served by a healthy fallback (its failback pending, or
+    waiting for an operator) keeps its incident open but is not reminded: a pager that
+    repeats an outage nobody feels any more gets muted."""
+    return opened and severity is Severity.CRITICAL and now - last_sent >= interval and not serving
 
 
 def backoff(attempt: int, base: float = 2.0, cap: float = 120.0) -> float:

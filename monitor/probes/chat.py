@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import json
 import re
 import time
 from dataclasses import dataclass, replace
 from typing import Any
 
-import httpx
+import aiohttp
+from yarl import URL
 
 from monitor import __version__
 from monitor.config import Target
@@ -110,16 +113,43 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def _payload(target: Target, shape: ProbeShape) -> dict[str, Any]:
+def request_body(target: Target, shape: ProbeShape) -> bytes:
+    """The JSON body a probe of `target` sends in `shape` (encoded once, then cached)."""
+    return _encoded(
+        target.model,
+        target.policy.prompt,
+        shape.budget_field,
+        shape.max_tokens or target.policy.max_tokens,
+        target.policy.stream,
+        shape.temperature,
+    )
+
+
+# Every probe of an endpoint sends the same body: it is encoded once, not on every probe
+# (bounded, since a config reload or an adapted shape makes a new one).
+@functools.lru_cache(maxsize=16_384)
+def _encoded(
+    model: str, prompt: str, budget_field: str, budget: int, stream: bool, temperature: bool
+) -> bytes:
     payload: dict[str, Any] = {
-        "model": target.model,
-        "messages": [{"role": "user", "content": target.policy.prompt}],
-        shape.budget_field: shape.max_tokens or target.policy.max_tokens,
-        "stream": target.policy.stream,
+        "model": model,
+        "messages": [{"role": "user", "content": prompt}],
+        budget_field: budget,
+        "stream": stream,
     }
-    if shape.temperature:
+    if temperature:
         payload["temperature"] = 0
-    return payload
+    return json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode()
+
+
+@functools.lru_cache(maxsize=16_384)
+def _url(base_url: str) -> URL:
+    return URL(f"{base_url}/chat/completions")
+
+
+@functools.lru_cache(maxsize=16_384)
+def _headers(api_key: str) -> dict[str, str]:
+    return {"Authorization": f"Bearer {api_key}", "Content-Type": "application/json"}
 
 
 def _usage(data: dict[str, Any] | None) -> tuple[int | None, int | None]:
@@ -139,32 +169,52 @@ def user_agent(instance: str | None) -> str:
 
 
 class ChatProber:
-    """Sends probes through one shared, bounded httpx client."""
+    """Sends probes through one shared, bounded aiohttp session.
+
+    aiohttp, not httpx, on the probe path: the probe is most of the daemon's CPU, and
+    httpx's pool walks every connection on each request (a third of the probe loop's CPU
+    with 500 endpoints, measured with py-spy; benchmarks/probe_load.py). The Convai client
+    stays on httpx.
+    """
 
     def __init__(
         self, max_in_flight: int = 100, max_body_bytes: int = 1 << 20, instance: str | None = None
     ) -> None:
         self._max_body = max_body_bytes
-        # The pool is sized to the semaphore, so a probe never waits inside httpx's pool
-        # (a pool wait would be counted as endpoint latency and end in PoolTimeout).
+        self._max_in_flight = max_in_flight
+        self._user_agent = user_agent(instance)
+        # The connection limit equals the semaphore, so a probe never waits inside the
+        # connector (a wait there would be counted as endpoint latency).
         self._slots = asyncio.Semaphore(max_in_flight)
         # The request shape that worked, per endpoint, once one had to be adapted.
         self.shapes: dict[tuple[str, str], ProbeShape] = {}
         self._rejected: dict[tuple[str, str], tuple[str, ...]] = {}
-        self._client = httpx.AsyncClient(
-            follow_redirects=False,
-            limits=httpx.Limits(
-                max_connections=max_in_flight,
-                max_keepalive_connections=max_in_flight,
-                keepalive_expiry=30.0,
-            ),
-            # An endpoint's own access log shows who probed it, and from which instance.
-            headers={"User-Agent": user_agent(instance)},
-            trust_env=False,
-        )
+        # Made on first use: an aiohttp session belongs to the event loop it was made on.
+        self._session: aiohttp.ClientSession | None = None
+
+    def _client(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(
+                    limit=self._max_in_flight, limit_per_host=0, keepalive_timeout=30.0
+                ),
+                # An endpoint's own access log shows who probed it, and from which instance.
+                headers={"User-Agent": self._user_agent},
+                # One deadline for the whole exchange is set around it (see _probe);
+                # aiohttp's own per-phase timeouts are off.
+                timeout=aiohttp.ClientTimeout(total=None, sock_connect=None, sock_read=None),
+                # A probe is one anonymous request: a cookie set by one answer must not
+                # steer the next probe (to a sticky backend, say).
+                cookie_jar=aiohttp.DummyCookieJar(),
+                trust_env=False,
+                raise_for_status=False,
+            )
+        return self._session
 
     async def aclose(self) -> None:
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     def shape(self, target: Target) -> ProbeShape:
         return self.shapes.get((target.group, target.endpoint), ProbeShape())
@@ -234,8 +284,8 @@ class ChatProber:
         reply: _Reply | None = None
         judged: Classified
         try:
-            # One deadline for connect + send + the whole body: httpx's own timeouts are
-            # per phase, and an endpoint that trickles bytes would never hit them.
+            # One deadline for connect + send + the whole body: per-phase timeouts would
+            # never fire for an endpoint that trickles bytes.
             async with asyncio.timeout(policy.timeout):
                 reply = await self._send(target, shape)
             latency_ms: float | None = reply.elapsed_ms
@@ -243,13 +293,10 @@ class ChatProber:
         except TimeoutError:
             latency_ms = None
             judged = Classified(Outcome.TIMEOUT, f"no complete answer within {policy.timeout:g}s")
-        except httpx.ConnectError as exc:
+        except aiohttp.ClientConnectorError as exc:
             latency_ms = None
             judged = Classified(Outcome.CONNECT_ERROR, _exc_text(exc))
-        except (httpx.TimeoutException, httpx.PoolTimeout) as exc:
-            latency_ms = None
-            judged = Classified(Outcome.TIMEOUT, _exc_text(exc))
-        except httpx.HTTPError as exc:
+        except (aiohttp.ClientError, OSError) as exc:
             # The connection dropped mid-answer, a protocol error, ...: the endpoint did
             # not serve a completion, which is what a character would see too.
             latency_ms = None
@@ -271,32 +318,30 @@ class ChatProber:
         )
 
     async def _send(self, target: Target, shape: ProbeShape) -> _Reply:
-        request = self._client.build_request(
-            "POST",
-            f"{target.base_url}/chat/completions",
-            json=_payload(target, shape),
-            headers={"Authorization": f"Bearer {target.api_key}"},
-            timeout=httpx.Timeout(target.policy.timeout),
+        client = self._client()
+        url, body, headers = (
+            _url(target.base_url),
+            request_body(target, shape),
+            _headers(target.api_key),
         )
         # The clock runs around the exchange only: not the semaphore wait, not building
         # the request, not parsing the answer.
         started = time.perf_counter()
-        response = await self._client.send(request, stream=True)
+        response = await client.post(url, data=body, headers=headers, allow_redirects=False)
         streamed: Classified | None = None
+        read_all = False
         try:
             chunks: list[bytes] = []
             size = 0
             truncated = False
-            content_type = response.headers.get("content-type", "")
+            content_type = response.headers.get("Content-Type", "")
             reading_stream = (
-                target.policy.stream
-                and response.status_code == 200
-                and "event-stream" in content_type
+                target.policy.stream and response.status == 200 and "event-stream" in content_type
             )
             pending = b""
             reader = StreamReader()
             first_token_ms: float | None = None
-            async for chunk in response.aiter_bytes():
+            async for chunk in response.content.iter_any():
                 size += len(chunk)
                 if size > self._max_body:
                     # Stop reading: a 20 MB body, an endless stream or a decompression
@@ -321,9 +366,14 @@ class ChatProber:
                                 break
                     if streamed is not None:
                         break
+            else:
+                read_all = True
             elapsed_ms = (time.perf_counter() - started) * 1000.0
         finally:
-            await response.aclose()
+            if read_all:
+                response.release()  # the connection goes back to the pool
+            else:
+                response.close()  # a body left unread: the connection cannot be reused
         if reading_stream and not truncated:
             # The body ended: a last event without its blank line still counts.
             for event in sse_events(pending) if streamed is None else ():
@@ -333,10 +383,10 @@ class ChatProber:
             if streamed.outcome is Outcome.OK and first_token_ms is not None:
                 elapsed_ms = first_token_ms  # a streamed probe's latency is time to first token
         reply = Reply(
-            status=response.status_code,
+            status=response.status,
             body=b"".join(chunks),
             content_type=content_type,
-            location=response.headers.get("location"),
+            location=response.headers.get("Location"),
             truncated=truncated,
         )
         return _Reply(reply, elapsed_ms, streamed)

@@ -39,6 +39,18 @@ TROUBLE = frozenset(
         "not_registered",
     }
 )
+# Decisions that leave characters served when the active endpoint is up (a STAY clears a
+# trouble condition on the way): the group's open incident then waits without reminders.
+_SERVED = frozenset(
+    {
+        Action.STAY,
+        Action.FAILBACK,
+        Action.PRIMARY_RECOVERED,
+        Action.PINNED,
+        Action.REHOME,
+        Action.KEY_ROTATION,
+    }
+)
 # After a switch attempt that went nowhere (update failed, no candidate passed pre-flight)
 # the group is retried after RETRY_BASE seconds, doubling up to RETRY_MAX: a revoked Convai
 # key must not mean an update call (and pre-flight probes) every tick. A switch that found
@@ -94,6 +106,14 @@ class Actor:
                 clear=True,
             )
             record = replace(record, condition=None)
+        if (
+            active_up
+            and decision.action in _SERVED
+            and (decision.action is Action.STAY or record.condition not in TROUBLE)
+        ):
+            self.beliefs.serving.add(name)
+        else:
+            self.beliefs.serving.discard(name)
         if decision.switches:
             await self._switch(group, record, decision, view)
             return

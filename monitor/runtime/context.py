@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,23 +44,41 @@ class Beliefs:
         self._records: dict[str, GroupRecord] = {}
         self.switch_times: dict[str, tuple[float, ...]] = {}
         self.incidents: set[str] = set()  # groups with an open incident
+        # Groups whose characters are served: on an endpoint that is up, no trouble
+        # condition. Their open incident (a failover waiting for its failback) is not
+        # reminded: nobody needs waking for an outage characters no longer feel.
+        self.serving: set[str] = set()
         self._records_at = -RECORDS_TTL
+        self._refreshing = asyncio.Lock()
+        self._generation = 0  # counts stale(): a read that overlapped a write is not fresh
 
     def lock(self, group: str) -> asyncio.Lock:
         """Evaluations of one group (and a sync's look at it) are serialised."""
         return self._locks.setdefault(group, asyncio.Lock())
 
     async def snapshot(self) -> dict[str, GroupRecord]:
-        if time.monotonic() - self._records_at >= RECORDS_TTL:
-            self._records, self.switch_times = await self.call(
-                self.switches.snapshot, time.time() - HOUR
-            )
-            self.incidents = await self.call(self.switches.open_incidents)
-            self._records_at = time.monotonic()
+        if time.monotonic() - self._records_at < RECORDS_TTL:
+            return self._records
+        # One read for everyone: the tick starts every group's evaluation at once, and
+        # each used to find the cache stale and read all groups itself (N reads of N rows
+        # a second, the largest cost of the daemon after the probes).
+        async with self._refreshing:
+            if time.monotonic() - self._records_at >= RECORDS_TTL:
+                generation = self._generation
+                records, switch_times = await self.call(self.switches.snapshot, time.time() - HOUR)
+                incidents = await self.call(self.switches.open_incidents)
+                self._records, self.switch_times, self.incidents = (
+                    records,
+                    switch_times,
+                    incidents,
+                )
+                if generation == self._generation:  # no write landed during the read
+                    self._records_at = time.monotonic()
         return self._records
 
     def stale(self) -> None:
         """Something wrote group rows behind the cache's back."""
+        self._generation += 1
         self._records_at = -RECORDS_TTL
 
     async def write(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -118,6 +136,9 @@ class Context:
     beliefs: Beliefs
     config_path: str | None = None
     stopping: bool = False
+    # Whether this instance holds the leader lease: only the leader syncs, evaluates,
+    # switches and records notices (every instance probes).
+    leading: Callable[[], bool] = lambda: True
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
 
     def background(self, coro: Coroutine[Any, Any, None], name: str) -> None:

@@ -24,13 +24,15 @@ from monitor.domain.failover import (
 )
 from monitor.domain.health import Health, HealthState, Transition, clean, recovering
 from monitor.domain.outcome import ProbeResult, Verdict
+from monitor.domain.quorum import endpoint_view
 from monitor.runtime.act import Actor
 from monitor.runtime.context import Context
 from monitor.runtime.evidence import Evidence, Isolation
 from monitor.runtime.monitor import thresholds
-from monitor.runtime.notices import Notices
+from monitor.runtime.notices import Notice, Notices
 from monitor.runtime.switcher import Switcher
 from monitor.runtime.sync import Sync, same_url
+from monitor.runtime.vantages import Vantages
 from monitor.store import EndpointKey
 from monitor.store.switching import GroupRecord, key_digest
 
@@ -47,9 +49,15 @@ class Evaluator:
         self.sync = sync
         self.evidence: dict[EndpointKey, Evidence] = {}
         self.isolation = Isolation(ctx, self.evidence)
+        recorder = ctx.monitor.recorder
+        self.vantages = Vantages(
+            recorder.store, recorder.call, ctx.config.instance.name, ctx.monitor.metrics
+        )
         # Groups paged all-down before Convai was first read (no group record to hold the
         # condition yet).
         self.unsynced_down: set[str] = set()
+        # Standby-down notices seen on our own path, waiting for the quorum to agree.
+        self.held: dict[EndpointKey, Notice] = {}
         self.actor = Actor(ctx, switcher, self.evidence, sync)
         monitor = ctx.monitor
         self.notices = Notices(monitor.targets, monitor.states, self.beliefs.active.get)
@@ -62,11 +70,43 @@ class Evaluator:
         if result.outcome.verdict is Verdict.PASS:
             # Something answers: we are not cut off (whichever group sees it first).
             self.isolation.leave()
+        if not self.ctx.leading():
+            return  # the leader records notices and evaluates; three copies page once
         notice = self.notices.notice(target, result, transition)
+        if notice is not None and notice[0] == "endpoint_down" and self.vantages.others(key):
+            # A standby down on our own path only: held until the quorum agrees (see
+            # `_release`), so one vantage's bad path pages nobody.
+            self.held[key] = notice
+            notice = None
+        elif notice is not None and notice[0] == "endpoint_up" and key in self.held:
+            del self.held[key]
+            notice = None  # back before its down was ever sent: nothing to tell
         if notice is not None:
             self.ctx.background(self.beliefs.note(target.group, *notice), f"note:{target.group}")
         if transition is not None:
             self.spawn(target.group)
+
+    def _release(self, now: float) -> None:
+        """Held standby-down notices: sent once the quorum sees the endpoint down too,
+        forgotten once our own view of it is no longer down."""
+        for key, notice in list(self.held.items()):
+            state = self.ctx.monitor.states.get(key, HealthState())
+            target = self.ctx.monitor.targets.get(key)
+            if state.health is not Health.DOWN or target is None:
+                del self.held[key]
+                self.notices.forget_down(key)  # never paged: no "up again" either
+                continue
+            verdict = self.vantages.tally(
+                key,
+                state,
+                now,
+                2 * target.policy.interval,
+                self.ctx.config.ha.quorum,
+                own_isolated=self.isolation.isolated,
+            )
+            if verdict is None or verdict.health is Health.DOWN:
+                del self.held[key]
+                self.ctx.background(self.beliefs.note(key[0], *notice), f"note:{key[0]}")
 
     def spawn(self, group: str) -> None:
         """Evaluate a group soon, without making the caller (a probe) wait."""
@@ -77,6 +117,9 @@ class Evaluator:
     async def tick(self) -> None:
         """Periodic evaluation: failback timers, pin expiry, retries of failed switches."""
         sync, now = self.sync, time.time()
+        # The other vantages' views, read once for every group this tick decides.
+        await self.vantages.refresh()
+        self._release(now)
         retry = not sync.reconciled or not sync.convai_reachable
         if retry and now - sync.last_attempt >= CONVAI_RETRY and not sync.busy:
             # In the background: a Convai that does not answer costs a sync its whole
@@ -88,7 +131,7 @@ class Evaluator:
 
     async def evaluate(self, name: str) -> None:
         group = self.ctx.config.group(name)
-        if group is None:
+        if group is None or not self.ctx.leading():
             return
         async with self.beliefs.lock(name):
             try:
@@ -206,15 +249,23 @@ class Evaluator:
             key = (group.model_group_name, endpoint.name)
             state = self.ctx.monitor.states.get(key, HealthState())
             up_since = state.since if state.health is Health.UP else None
-            endpoints.append(
-                EndpointView(
-                    endpoint.name,
-                    state.health,
-                    up_since,
-                    answering=recovering(state, now, limits),
-                    clean=clean(state, now, limits),
-                )
+            own = EndpointView(
+                endpoint.name,
+                state.health,
+                up_since,
+                answering=recovering(state, now, limits),
+                clean=clean(state, now, limits),
             )
+            # Fresh: a result newer than two intervals (one missed probe is not silence).
+            verdict = self.vantages.tally(
+                key,
+                state,
+                now,
+                2 * policy.interval,
+                self.ctx.config.ha.quorum,
+                own_isolated=self.isolation.isolated,
+            )
+            endpoints.append(own if verdict is None else endpoint_view(own, verdict))
         return GroupView(
             name=group.model_group_name,
             endpoints=tuple(endpoints),

@@ -5,6 +5,11 @@ together behind the few calls the daemon makes. What to do is decided in domain.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Callable
+
+import structlog
+
 from monitor.config import Config, Target
 from monitor.convai import ConvaiClient
 from monitor.domain.outcome import ProbeResult
@@ -16,6 +21,8 @@ from monitor.runtime.sync import StartupError, Sync, find_endpoint
 from monitor.store.switching import SwitchLog
 
 __all__ = ["Engine", "StartupError", "find_endpoint"]
+
+log = structlog.get_logger()
 
 
 class Engine:
@@ -29,13 +36,17 @@ class Engine:
         dry_run: bool = False,
         register: bool = False,
         config_path: str | None = None,
+        leading: Callable[[], bool] | None = None,
+        fence: Callable[[], int | None] | None = None,
     ) -> None:
         self.monitor = monitor
         self.switches = switches
         self.beliefs = Beliefs(switches, monitor.recorder.call)
         self.ctx = Context(config, convai, monitor, self.beliefs, config_path)
+        if leading is not None:
+            self.ctx.leading = leading
         self.switcher = Switcher(
-            convai, switches, monitor.recorder.call, self._preflight, dry_run=dry_run
+            convai, switches, monitor.recorder.call, self._preflight, dry_run=dry_run, fence=fence
         )
         self.syncer = Sync(self.ctx, register=register, dry_run=lambda: self.switcher.dry_run)
         self.evaluator = Evaluator(self.ctx, self.syncer, self.switcher)
@@ -72,19 +83,37 @@ class Engine:
         return self.syncer.synced
 
     @property
+    def isolated(self) -> bool:
+        return self.evaluator.isolation.isolated
+
+    @property
     def convai_reachable(self) -> bool:
         return self.syncer.convai_reachable
 
     async def start(self) -> None:
-        """Reconcile interrupted switches, then learn where every group points."""
+        """Reconcile interrupted switches, then learn where every group points (the
+        leader; a follower only probes until it is elected, see `takeover`)."""
         self.monitor.listeners.append(self.evaluator.on_result)
-        await self.syncer.start()
+        if self.ctx.leading():
+            await self.syncer.start()
+        else:
+            log.info("follower_started")
+
+    def takeover(self) -> None:
+        """Newly elected: the next tick closes the switches the last leader left open from
+        Convai's list, exactly as a restart does, before anything is evaluated."""
+        self.syncer.reconciled = False
+        self.syncer.last_attempt = 0.0  # now, not after the retry pause
 
     async def sync(self) -> None:
-        await self.syncer.sync()
+        if self.ctx.leading():
+            await self.syncer.sync()
 
     async def tick(self) -> None:
-        await self.evaluator.tick()
+        # Every instance watches whether it is cut off; only the leader decides.
+        self.evaluator.isolation.watch(time.time())
+        if self.ctx.leading():
+            await self.evaluator.tick()
 
     async def evaluate(self, name: str) -> None:
         await self.evaluator.evaluate(name)

@@ -74,12 +74,16 @@ class Switcher:
         probe: Probe,
         *,
         dry_run: bool = False,
+        fence: Callable[[], int | None] | None = None,
     ) -> None:
         self.convai = convai
         self.switches = switches
         self.call = call
         self.probe = probe
         self.dry_run = dry_run
+        # The daemon's leader lease: every intent carries its token, and no update is sent
+        # once the lease is lost. None (the CLI, an operator): no lease involved.
+        self.fence = fence
 
     async def registered_url(self, group: str) -> str | None:
         listing = await self.convai.list_models()
@@ -155,9 +159,14 @@ class Switcher:
                         ),
                     )
 
+        token = self.fence() if self.fence is not None else None
+        if self.fence is not None and token is None:
+            bound.warning("switch_skipped", reason="this instance no longer holds the lease")
+            return SwitchOutcome("skipped", message="this instance no longer leads")
         now = time.time()
         intent: SwitchRecord | None = await self.call(
             self.switches.begin_switch,
+            fencing_token=token,
             group=request.group,
             kind=request.kind,
             automatic=request.automatic,
@@ -199,6 +208,12 @@ class Switcher:
     ) -> SwitchOutcome:
         bound = log.bind(group=request.group, switch_id=intent.id)
         base_url = None if request.key_only else chosen.base_url
+        if self.fence is not None and self.fence() is None:
+            # The lease lapsed since the intent was written (a pause, a slow database):
+            # send nothing. The intent stays open; whoever leads now closes it from
+            # Convai's list, as after a crash.
+            bound.warning("switch_fenced", reason="the lease was lost before the update")
+            return SwitchOutcome("skipped", switch=intent, message="the lease was lost")
         try:
             reply = await self.convai.update(
                 request.group, base_url=base_url, api_key=chosen.api_key

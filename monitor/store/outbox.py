@@ -7,6 +7,7 @@ never lost because a webhook hiccupped or the process restarted.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,7 +15,15 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from monitor.alerts.render import render
-from monitor.domain.alerts import Effect, Rule, Severity, notify_kind, routed, rule_for
+from monitor.domain.alerts import (
+    Effect,
+    Rule,
+    Severity,
+    notify_kind,
+    reminder_due,
+    routed,
+    rule_for,
+)
 from monitor.store.store import Store
 from monitor.store.tables import AttemptRow, EventRow, IncidentRow, OutboxRow
 
@@ -154,8 +163,10 @@ class Outbox:
             written += 1
         return written
 
-    def remind(self, session: Session, now: float, interval: float) -> int:
-        """Queue a reminder for every open critical incident not repeated for `interval`."""
+    def remind(
+        self, session: Session, now: float, interval: float, serving: Collection[str] = ()
+    ) -> int:
+        """Queue a reminder for every open critical incident due one (domain.alerts)."""
         written = 0
         for incident in session.scalars(
             select(IncidentRow).where(
@@ -164,6 +175,16 @@ class Outbox:
                 IncidentRow.last_sent_at <= now - interval,
             )
         ):
+            due = reminder_due(
+                True,
+                Severity(min(incident.severity, Severity.CRITICAL)),
+                incident.last_sent_at,
+                now,
+                interval,
+                serving=incident.group_name in serving,
+            )
+            if not due:
+                continue
             incident.last_sent_at = now
             rule = Rule(Severity.CRITICAL, Effect.ATTACH)
             message = self._reminder_text(session, incident, now)
@@ -258,9 +279,11 @@ class Deliveries:
                 row.next_attempt_at, row.last_error = retry_at, error
             return row.status
 
-    def remind(self, outbox: Outbox, now: float, interval: float) -> int:
+    def remind(
+        self, outbox: Outbox, now: float, interval: float, serving: Collection[str] = ()
+    ) -> int:
         with self.store.session() as session, session.begin():
-            return outbox.remind(session, now, interval)
+            return outbox.remind(session, now, interval, serving)
 
     def summary(self) -> DeliverySummary:
         with self.store.session() as session:

@@ -17,6 +17,7 @@ from sqlalchemy import select
 
 from monitor.durations import format_duration
 from monitor.redact import redact
+from monitor.store.lease import current as lease_current
 from monitor.store.outbox import Outbox
 from monitor.store.store import Store
 from monitor.store.tables import EventRow, GroupRow, IncidentRow, SwitchRow
@@ -97,6 +98,10 @@ def _group(row: GroupRow) -> GroupRecord:
     )
 
 
+# GroupRecord's fields in order, as columns (see SwitchLog.snapshot).
+_GROUP_COLUMNS = tuple(getattr(GroupRow, name) for name in GroupRecord.__dataclass_fields__)
+
+
 def _switch(row: SwitchRow) -> SwitchRecord:
     return SwitchRecord(
         row.id,
@@ -129,9 +134,13 @@ class SwitchLog:
             return {r.name: _group(r) for r in session.scalars(select(GroupRow))}
 
     def snapshot(self, since: float) -> tuple[dict[str, GroupRecord], dict[str, tuple[float, ...]]]:
-        """Every group's record and its automatic switches since `since`, in one read."""
+        """Every group's record and its automatic switches since `since`, in one read.
+
+        Read as plain columns, not ORM objects: the failover engine takes this snapshot
+        every second, and loading 1,000 GroupRows into the identity map each time was a
+        tenth of the daemon's CPU at 500 endpoints (profiled with py-spy)."""
         with self.store.session() as session:
-            groups = {r.name: _group(r) for r in session.scalars(select(GroupRow))}
+            groups = {row[0]: GroupRecord(*row) for row in session.execute(select(*_GROUP_COLUMNS))}
             times: dict[str, list[float]] = {}
             for name, at in session.execute(
                 select(SwitchRow.group_name, SwitchRow.completed_at).where(
@@ -310,8 +319,10 @@ class SwitchLog:
         detected_at: float | None,
         at: float,
         status: str = OPEN,
+        fencing_token: int | None = None,
     ) -> SwitchRecord | None:
-        """Compare-and-set, then write the intent. None when the belief changed meanwhile.
+        """Compare-and-set, then write the intent. None when the belief changed meanwhile,
+        or when `fencing_token` is no longer the live leader lease's.
 
         The group must still be on `expected_active` and have no switch in flight: a manual
         change, a second instance or a CLI switch in between is not trampled. An automatic
@@ -322,6 +333,10 @@ class SwitchLog:
             # Instances sharing PostgreSQL check-and-set one at a time: the row stays locked
             # until the intent is written (SQLite serialises writers anyway).
             session.get(GroupRow, group, with_for_update=True)
+            if fencing_token is not None and not lease_current(session, fencing_token):
+                # A leader that was paused past its lease (GC, a frozen VM) wakes up
+                # believing it leads; the store, not its belief, decides.
+                return None
             row = self._require(session, group)
             if row.active_endpoint != expected_active:
                 return None
@@ -346,6 +361,7 @@ class SwitchLog:
                 reason=redact(reason),
                 detected_at=detected_at,
                 intent_at=at,
+                fencing_token=fencing_token,
             )
             session.add(switch)
             session.flush()

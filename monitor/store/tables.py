@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -148,6 +149,8 @@ class SwitchRow(Base):
     completed_at: Mapped[float | None] = mapped_column(Float)
     transaction_id: Mapped[str | None] = mapped_column(String(64))
     error: Mapped[str | None] = mapped_column(Text)
+    # The leader lease's token the intent was written under (None: CLI or before leases).
+    fencing_token: Mapped[int | None] = mapped_column(BigInteger)
 
 
 class EventRow(Base):
@@ -215,3 +218,31 @@ class AttemptRow(Base):
     ok: Mapped[bool] = mapped_column(Boolean)
     error: Mapped[str | None] = mapped_column(Text)
     elapsed_ms: Mapped[float] = mapped_column(Float)
+
+
+class LeaseRow(Base):
+    """The leader lease: who holds it, its fencing token, and when it lapses (by the
+    database's clock, so the hosts' clocks never matter)."""
+
+    __tablename__ = "lease"
+
+    name: Mapped[str] = mapped_column(String(32), primary_key=True)
+    holder: Mapped[str | None] = mapped_column(String(100))
+    # Grows by one every time the lease changes hands; a write carrying an older one is
+    # from a leader that lost the lease (paused, partitioned) and is refused.
+    token: Mapped[int] = mapped_column(BigInteger)
+    expires_at: Mapped[float] = mapped_column(Float)
+    renewed_at: Mapped[float | None] = mapped_column(Float)
+
+
+class InstanceRow(Base):
+    """Every instance that shares the database, and its last heartbeat (database clock)."""
+
+    __tablename__ = "instances"
+
+    name: Mapped[str] = mapped_column(String(100), primary_key=True)
+    version: Mapped[str] = mapped_column(String(32))
+    started_at: Mapped[float] = mapped_column(Float)
+    heartbeat_at: Mapped[float] = mapped_column(Float)
+    # It sees every endpoint and Convai unreachable: its votes on endpoints do not count.
+    isolated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
