@@ -236,6 +236,8 @@ def recovering(state: HealthState, now: float, limits: Thresholds) -> bool:
     the cause, a window whose failure rate is over the threshold is not recovering.
     """
     if state.health is not Health.DOWN or rate_failing(state, now, limits):
+        # Whatever first marked it down (in a 50% brownout it is usually a streak of
+        # `fall`), a window still over the threshold outvotes the latest lucky answer.
         return False
     if state.cause is Cause.STREAK:
         return state.failures < limits.fall and _answered_since_down(state)
