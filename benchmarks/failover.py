@@ -223,7 +223,7 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             # The failure-rate window scaled with the cadence (60 s at a 10 s interval is
             # six intervals): the same number of probes per window as in production, so
             # the rate rule sees blips exactly as it would there.
-            "failure_rate": {"window": 6 * args.blip_interval, "min_probes": 10},
+            "failure_rate": {"window": 6 * args.blip_interval},
         },
         "groups": groups,
     }
@@ -627,7 +627,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blip-probes", type=int, default=10_000)
     parser.add_argument("--blip-groups", type=int, default=20)
     parser.add_argument("--blip-rate", type=float, default=0.05)
-    parser.add_argument("--blip-interval", type=float, default=0.25)
+    parser.add_argument("--blip-interval", type=float, default=2.5)
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-blips", action="store_true")
     parser.add_argument("--runs", type=int, default=20, help="groups in the window scenarios")

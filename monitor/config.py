@@ -143,7 +143,7 @@ class FailureRateConfig(Strict):
 
     window: Duration = 60.0
     # Fewer probes than this in the window say too little to judge a rate on.
-    min_probes: int = Field(default=10, ge=2, le=10_000)
+    min_probes: int = Field(default=20, ge=2, le=10_000)
     threshold: Annotated[float, BeforeValidator(_percent)] = Field(default=0.30, gt=0.0, le=1.0)
 
 

@@ -23,7 +23,7 @@ from monitor.domain.outcome import Outcome, Verdict
 P, F, I = Verdict.PASS, Verdict.FAIL, Verdict.INCONCLUSIVE  # noqa: E741
 # The streak rules alone: a rate that can never be reached, a clean look-back of 2 probes.
 LIMITS = Thresholds(rise=2, fall=3, rate=FailureRate(60.0, 2, 1.0), clean_window=0.0)
-# The defaults: 30% over 60 s with 10 probes at least, clean over failback_after (300 s).
+# 30% over 60 s with 10 probes at least (the old default), clean over failback_after.
 WINDOW = Thresholds(rise=2, fall=3, rate=FailureRate(60.0, 10, 0.30), clean_window=300.0)
 
 
@@ -230,3 +230,39 @@ def test_fast_cadence_while_a_failure_is_in_the_window() -> None:
     # Down and still failing: the normal cadence (a dead fallback is not hammered).
     down = play(HEALTHY + [F] * 5)
     assert not wants_fast(down, 20.0, WINDOW)
+
+
+DEFAULTS = Thresholds(rise=2, fall=3, clean_window=300.0)  # failure_rate's defaults
+
+
+@pytest.mark.parametrize(
+    ("name", "verdicts", "limits", "health"),
+    [
+        # Six quiet probes, then three blips among the first four fast re-probes: 30% of
+        # 10 probes. Independent 5% failures do this about once in 3,000 episodes, each a
+        # switch the re-probe cannot veto, so 10 probes are too few to judge a rate on.
+        ("blip cluster, min_probes 10", [P] * 6 + [F, F, P, F], WINDOW, Health.DOWN),
+        ("blip cluster, defaults", [P] * 6 + [F, F, P, F], DEFAULTS, Health.UP),
+        # A 50% brownout still reaches 30% of 20 probes within a few more probes.
+        ("brownout, defaults", [P] * 6 + [F, P] * 8, DEFAULTS, Health.DOWN),
+    ],
+)
+def test_the_default_window_needs_twenty_probes(
+    name: str, verdicts: list[Verdict], limits: Thresholds, health: Health
+) -> None:
+    assert DEFAULTS.rate.min_probes == 20
+    assert play(verdicts, limits).health is health, name
+
+
+def test_a_streak_inside_a_failing_rate_is_not_cancelled_by_one_success() -> None:
+    # A brownout usually first shows as `fall` failures in a row; by then the window is
+    # over the threshold too. The lucky answer to the re-probe before a failover must not
+    # cancel it (it did: each failure then gave the brownout a coin flip to stay).
+    down = play(HEALTHY + [F, P] * 5 + [F, F, F], DEFAULTS)
+    assert down.cause is Cause.STREAK
+    lucky, _ = judge(down, P, 30.0, DEFAULTS, 10.0)
+    assert not recovering(lucky, 30.0, DEFAULTS)
+    # A plain streak (the window under the threshold) is still cancelled by one answer.
+    blip = play([*HEALTHY, *HEALTHY, F, F, F], DEFAULTS)
+    answered, _ = judge(blip, P, 30.0, DEFAULTS, 10.0)
+    assert recovering(answered, 30.0, DEFAULTS)

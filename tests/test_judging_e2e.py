@@ -5,9 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import pytest
 
 from monitor.app import open_store
@@ -15,6 +17,7 @@ from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.state import State
 from monitor.store.switching import SwitchLog
+from tests.conftest import MODEL
 from tests.harness import World, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
@@ -58,20 +61,54 @@ async def test_a_400_invalid_model_name_is_an_outage_and_switches(world: World) 
     assert "model_not_found" in failover.message
 
 
+async def _character(world: World, heard: list[tuple[float, bool]], stop: asyncio.Event) -> None:
+    """A character calling the group as Convai does: wherever Convai points now, with the
+    key Convai holds. Records (when, failed) for every request."""
+    async with httpx.AsyncClient(timeout=2.0) as client:
+        while not stop.is_set():
+            record = world.registered()
+            try:
+                response = await client.post(
+                    f"{record['base_url'].rstrip('/')}/chat/completions",
+                    headers={"Authorization": f"Bearer {record['api_key']}"},
+                    json={"model": MODEL, "messages": [{"role": "user", "content": "hi"}]},
+                )
+                failed = response.status_code != 200
+            except httpx.HTTPError:
+                failed = True
+            heard.append((time.monotonic(), failed))
+            await asyncio.sleep(0.05)
+
+
 async def test_a_brownout_switches_once_and_does_not_flap(world: World) -> None:
     config = world.config()
+    heard: list[tuple[float, bool]] = []
+    stop = asyncio.Event()
     async with running(config):
         await settled(world)
+        character = asyncio.create_task(_character(world, heard, stop))
         world.sims["a"].flaky(0.5, behaviour=Behaviour.HTTP_503, seed=7)
+        began = time.monotonic()
         await wait_for(lambda: _on(world, "b"), limit=15, what="failover off the brownout")
+        switched = time.monotonic()
         # The brownout goes on for longer than failback_after several times over: the
         # primary answers half its probes (rise 2 is reached again and again) but its
         # record is not clean, so the group never goes back into it.
         probed = world.sims["a"].requests
         await asyncio.sleep(8.0)
+        stop.set()
+        await character
         assert world.sims["a"].requests > probed + 20, "the primary is still probed"
         assert world.updates() == 1
         assert _on(world, "b")
+        # What the character saw: about half its requests failed until the switch, none
+        # after it (a failback into the brownout would show here as failures again).
+        before = [failed for at, failed in heard if began <= at < switched]
+        after = [failed for at, failed in heard if at > switched + 0.2]
+        assert len(before) >= 5
+        assert sum(before) / len(before) > 0.2, before
+        assert len(after) > 50
+        assert not any(after)
         # Over: once its window is clean and it has been up failback_after, it returns.
         world.sims["a"].flaky(0.0)
         await wait_for(lambda: _on(world, "a"), limit=20, what="failback after the brownout")

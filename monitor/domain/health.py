@@ -55,7 +55,7 @@ class Sample:
 @dataclass(frozen=True, slots=True)
 class FailureRate:
     window: float = 60.0
-    min_probes: int = 10
+    min_probes: int = 20
     threshold: float = 0.30
 
 
@@ -232,6 +232,10 @@ def recovering(state: HealthState, now: float, limits: Thresholds) -> bool:
     answer is not: the window itself must have come back to half the threshold.
     """
     if state.health is not Health.DOWN or state.successes == 0:
+        return False
+    if rate_failing(state, now, limits):
+        # Whatever first marked it down (in a 50% brownout it is usually a streak of
+        # `fall`), a window still over the threshold outvotes the latest lucky answer.
         return False
     if state.cause is Cause.RATE:
         # Back to at most half the threshold (the clean bound), not merely under it: a
