@@ -7,6 +7,7 @@ anything can log them.
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import os
 import re
@@ -663,6 +664,13 @@ def parse_config(text: str, source: str | None = None, env: dict[str, str] | Non
                 if line not in problems:
                     problems.append(line)
         problems.extend(p for p in _cross_checks(data, own_keys) if p not in problems)
+        # Every problem at once: a missing database directory too, not only on the next run.
+        storage = data.get("storage")
+        url = storage.get("url") if isinstance(storage, dict) else None
+        reported = any(p.startswith("storage.url: ") for p in problems)
+        if not reported and (url is None or isinstance(url, str)):
+            with contextlib.suppress(ArgumentError):  # a bad URL is reported above
+                problems.extend(url_problems(url or StorageConfig().url))
         raise ConfigError(problems or ["invalid config"], source) from None
     config = _resolve_key_files(config, problems)
     if problems:
@@ -693,7 +701,11 @@ def storage_problems(config: Config) -> list[str]:
     """Can the database be opened where storage.url says? (SQLite only: a server database
     is checked when it is connected to.) Catches `sqlite:///var/lib/...`, which is a path
     relative to the working directory, before `db upgrade` fails on it."""
-    url = make_url(config.storage.url)
+    return url_problems(config.storage.url)
+
+
+def url_problems(storage_url: str) -> list[str]:
+    url = make_url(storage_url)
     if not url.drivername.startswith("sqlite") or url.database in (None, "", ":memory:"):
         return []
     path = Path(url.database or "")

@@ -14,6 +14,7 @@ from typing import Any
 
 from monitor.durations import format_duration
 from monitor.redact import redact
+from monitor.state import not_running
 
 # How often the page reloads itself: fresh enough for an incident, light on the daemon.
 REFRESH_SECONDS = 30
@@ -89,6 +90,8 @@ ol.timeline time{color:var(--muted);font-size:13px;font-variant-numeric:tabular-
 ol.timeline .what{grid-column:1/-1}
 .kind{font-size:12px;font-weight:700;color:var(--tone);text-transform:uppercase}
 code{font-size:13px;word-break:break-all}
+.daemon-down{background:var(--bad);color:#fff;border-radius:8px;padding:8px 12px;
+font-weight:600;margin:8px 0}
 """
 
 
@@ -349,9 +352,25 @@ def _summary(groups: Sequence[dict[str, Any]]) -> tuple[str, str]:
     return f"{len(troubled)} of {len(groups)} groups need attention: {names}", worst or "warn"
 
 
+def _daemon(daemon: dict[str, Any], now: float) -> str:
+    """A banner above everything when no daemon is running: every figure on the page is
+    then what it last recorded, and nothing is probed or failed over until it is back."""
+    if daemon["running"]:
+        return ""
+    at = _when(daemon["last_seen"])
+    ago = None if at is None else max(0, round(now - at))
+    return (
+        f'<p class="daemon-down" role="alert">{_t(not_running(ago, daemon["stopped"]))}: '
+        "nothing is probed or failed over until it runs again; what follows is what it "
+        "last recorded.</p>"
+    )
+
+
 def render(model: dict[str, Any], now: float) -> str:
     """The whole page from `State.page()`."""
     headline, tone = _summary(model["groups"])
+    if not model["daemon"]["running"]:
+        headline, tone = f"Daemon not running · {headline}", "bad"
     alerts = model["alerts"]
     alert_line = (
         f"alerts: {alerts['delivered']} delivered · {alerts['pending']} pending · "
@@ -374,7 +393,7 @@ def render(model: dict[str, Any], now: float) -> str:
         f'<meta http-equiv="refresh" content="{REFRESH_SECONDS}">'
         '<meta name="color-scheme" content="light dark">'
         f"<title>{_t(headline)} · convai-monitor</title><style>{CSS}</style></head><body>"
-        "<header><h1>convai-monitor</h1>"
+        f"<header><h1>convai-monitor</h1>{_daemon(model['daemon'], now)}"
         f'<p class="summary t-{tone}" style="color:var(--tone)">{_t(headline)}</p>'
         f'<p class="muted">updated {_t(_clock(model["generated_at"]))} · refreshes every '
         f"{REFRESH_SECONDS} s · {_t(alert_line)}</p>{unmonitored}</header><main>"

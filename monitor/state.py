@@ -193,6 +193,13 @@ def latency_series(
 DAEMON_STALE_AFTER = 15.0
 
 
+def not_running(seconds_ago: int | None, stopped: bool) -> str:
+    """How status, explain and the page word a daemon that is not running."""
+    if seconds_ago is None:
+        return "daemon has never run against this database"
+    return f"daemon not running ({'stopped' if stopped else 'last seen'} {seconds_ago} s ago)"
+
+
 def daemon_liveness(beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
     """Is a daemon running against this database? From its heartbeat row."""
     if beat is None:
@@ -201,17 +208,15 @@ def daemon_liveness(beat: dict[str, Any] | None, now: float) -> dict[str, Any]:
             "last_seen": None,
             "stopped": False,
             "seconds_ago": None,
-            "text": "daemon has never run against this database",
+            "text": not_running(None, False),
         }
     at = float(beat["at"])
     ago = max(0, round(now - at))
     running = not beat.get("stopped") and now - at <= DAEMON_STALE_AFTER
     if running:
         text = f"daemon running (pid {beat.get('pid')}, last seen {ago} s ago)"
-    elif beat.get("stopped"):
-        text = f"daemon not running (stopped {ago} s ago)"
     else:
-        text = f"daemon not running (last seen {ago} s ago)"
+        text = not_running(ago, bool(beat.get("stopped")))
     return {
         "running": running,
         "last_seen": iso(at),

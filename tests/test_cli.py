@@ -88,6 +88,22 @@ def test_unreachable_database_path(world: World, capsys: pytest.CaptureFixture[s
     assert len(err.strip().splitlines()) == 1
 
 
+def test_a_missing_database_directory_is_reported_with_other_problems(
+    world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(world.tmp_path)
+    world.extra = {
+        "storage": {"url": "sqlite:///var/lib/convai-monitor/convai-monitor.db"},
+        "bogus_section": 1,
+    }
+    code, out, err = run_cli(capsys, "config", "validate", "-c", str(world.config_path()))
+    assert (code, out) == (2, "")
+    lines = err.strip().splitlines()
+    assert len(lines) == 2  # one line per problem
+    assert "bogus_section: " in lines[0]
+    assert f"directory {world.tmp_path}/var/lib/convai-monitor does not exist" in lines[1]
+
+
 def test_config_validate_checks_the_database_directory(
     world: World, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

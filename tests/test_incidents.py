@@ -222,3 +222,36 @@ async def test_a_group_served_by_a_healthy_fallback_is_not_reminded_until_it_bre
     titles = paged(receiver)
     assert titles[0] == f"[CRITICAL] {GROUP}: failed over"
     assert titles[-1].startswith("[RESOLVED]")
+
+
+async def test_a_group_convai_stopped_listing_is_paged_with_the_command_that_registers_it(
+    world: World, receiver: AlertReceiver
+) -> None:
+    config = world.config()
+    path = str(world.config_path())
+    async with running(config, config_path=path) as daemon:
+        await settled(world)
+        assert daemon.engine is not None
+        world.convai.reset()  # Convai forgot every model: the group is not listed any more
+        await daemon.engine.sync()
+        await wait_for(lambda: bool(paged(receiver)), what="the page")
+    page = receiver.received[0]
+    assert page.title.startswith(f"[CRITICAL] {GROUP}: ")
+    assert f"Broken: Convai does not list {GROUP} since " in page.message
+    assert "The group is not registered on Convai" in page.message
+    assert f"To act: convai-monitor models register -c {path} {GROUP}" in page.message
+
+
+async def test_convai_rejecting_our_key_is_paged_with_since_when_and_what_to_do(
+    world: World, receiver: AlertReceiver
+) -> None:
+    config = world.config()
+    async with running(config, config_path=str(world.config_path())) as daemon:
+        await settled(world)
+        assert daemon.engine is not None
+        world.convai.fail_next("list", 401)
+        await daemon.engine.sync()
+        await wait_for(lambda: bool(paged(receiver)), what="the page")
+    page = receiver.received[0]
+    assert "Broken: Convai rejects convai.api_key since " in page.message
+    assert "To act: set a valid convai.api_key in the config, then reload" in page.message

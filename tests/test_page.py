@@ -9,6 +9,7 @@ import json
 import re
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -324,6 +325,7 @@ def _model(text: str) -> dict[str, Any]:
     }
     return {
         "generated_at": "2027-01-15T12:00:30.000Z",
+        "daemon": {"running": True, "last_seen": "2027-01-15T12:00:28.000Z", "stopped": False},
         "groups": [
             {
                 "model_group_name": text,
@@ -395,3 +397,43 @@ def test_a_rehome_is_not_shown_as_a_move() -> None:
     html = render(model, 1_800_000_000.0)
     assert "last switch rehome on <b>b</b>" in html
     assert "b → b" not in html
+
+
+@pytest.mark.parametrize(
+    ("daemon", "banner"),
+    [
+        ({"running": True, "last_seen": "2027-01-15T12:00:28.000Z", "stopped": False}, None),
+        (
+            {"running": False, "last_seen": "2027-01-15T12:00:00.000Z", "stopped": False},
+            "daemon not running (last seen 90 s ago)",
+        ),
+        (
+            {"running": False, "last_seen": "2027-01-15T11:59:30.000Z", "stopped": True},
+            "daemon not running (stopped 120 s ago)",
+        ),
+        (
+            {"running": False, "last_seen": None, "stopped": False},
+            "daemon has never run against this database",
+        ),
+    ],
+)
+def test_page_says_when_the_daemon_is_not_running(
+    daemon: dict[str, Any], banner: str | None
+) -> None:
+    model = _model("x")
+    model["daemon"] = daemon
+    now = datetime(2027, 1, 15, 12, 1, 30, tzinfo=UTC).timestamp()
+    html = render(model, now)
+    shown = re.search(r'<p class="daemon-down" role="alert">([^<]*)</p>', html)
+    title = re.search(r"<title>([^<]*)</title>", html)
+    assert title is not None
+    if banner is None:
+        assert shown is None
+        assert "not running" not in html
+        assert not title.group(1).startswith("Daemon not running")
+    else:
+        assert shown is not None
+        assert shown.group(1).startswith(banner + ": nothing is probed or failed over")
+        # Above the groups, and in the tab's title, where someone glancing sees it.
+        assert html.index('daemon-down"') < html.index('<section class="group')
+        assert title.group(1).startswith("Daemon not running · ")

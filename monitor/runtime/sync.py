@@ -273,7 +273,12 @@ class Sync:
             "convai_auth_failed",
             f"Convai rejects convai.api_key ({error}): no group can be failed over until "
             "the key is fixed in the config and the daemon reloaded",
-            {},
+            {
+                "broken": f"Convai rejects convai.api_key since {_clock(time.time())}",
+                "where": "where it was: no failover can reach Convai while the key is rejected",
+                "command": "set a valid convai.api_key in the config, then reload the daemon "
+                "(kill -HUP its pid, or restart it)",
+            },
         )
 
     async def _refresh_key_files(self) -> None:
@@ -326,8 +331,17 @@ class Sync:
                 if await self.beliefs.call(self.switches.open_intents, name):
                     continue
                 if registered is None:
+                    config = self.ctx.config_path or "CONFIG"
                     await self.beliefs.condition(
-                        name, "not_registered", "Convai no longer lists this group", now
+                        name,
+                        "not_registered",
+                        "Convai no longer lists this group",
+                        now,
+                        details={
+                            "broken": f"Convai does not list {name} since {_clock(now)}",
+                            "where": "not registered on Convai: characters using it get errors",
+                            "command": f"convai-monitor models register -c {config} {name}",
+                        },
                     )
                     continue
                 await self._observe(group, registered.base_url, registered.model_name, before, now)
