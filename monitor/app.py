@@ -283,6 +283,7 @@ class Daemon:
             config.ha.lease_ttl,
             recorder.call,
             on_elected=self._elected,
+            isolated=self._isolated,
         )
         self.leadership = leadership
         recorder.leading = leadership.held
@@ -399,6 +400,9 @@ class Daemon:
     def _leading(self) -> bool:
         return self.leadership is not None and self.leadership.held()
 
+    def _isolated(self) -> bool:
+        return self.engine is not None and self.engine.isolated
+
     def _leader_only(self, fn: Any) -> Any:
         async def job() -> None:
             if self._leading():
@@ -414,6 +418,7 @@ class Daemon:
         assert self.leadership is not None
         await self.leadership.renew()
         self.metrics.leader.set(1 if self.leadership.held() else 0)
+        self.metrics.isolated.set(1 if self._isolated() else 0)
 
     def _background(self, coro: Any) -> None:
         task = asyncio.get_running_loop().create_task(coro)
@@ -477,14 +482,17 @@ class Daemon:
         convai = self.engine is not None and (self.engine.synced or not leading)
         probed = self._all_probed()
         database = self.leadership is not None and self.leadership.reachable
+        # Cut off from every endpoint and Convai: this instance's view counts for nothing.
+        isolated = self._isolated()
         return Check(
-            migrated and convai and probed and database,
+            migrated and convai and probed and database and not isolated,
             {
                 "database_migrated": migrated,
                 "database_reachable": database,
                 "convai_reached": convai,
                 "all_endpoints_probed": probed,
                 "leader": leading,
+                "isolated": isolated,
             },
         )
 

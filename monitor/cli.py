@@ -170,7 +170,23 @@ def cmd_status(args: argparse.Namespace) -> int:
         lease = f" (lease until {until})" if until is not None else ""
         _out(f"leader: {cluster['leader'] or 'none'}{lease}")
         for instance in cluster["instances"]:
-            _out(f"  {instance['name']}: last heartbeat {instance['heartbeat_at']}")
+            cut_off = " (isolated: its view is not counted)" if instance["isolated"] else ""
+            _out(f"  {instance['name']}: last heartbeat {instance['heartbeat_at']}{cut_off}")
+        for group in report["groups"]:
+            for endpoint in group["endpoints"]:
+                quorum = endpoint["quorum"]
+                if quorum is None:
+                    continue
+                views = ", ".join(
+                    f"{name} {view['health']}"
+                    + (f" ({view['vote']})" if view["vote"] != "counted" else "")
+                    for name, view in endpoint["vantages"].items()
+                )
+                down, counted, needed = quorum["down"], quorum["counted"], quorum["needed"]
+                _out(
+                    f"  {group['model_group_name']}/{endpoint['name']}: {views}; "
+                    f"{down} of {counted} see it down, {needed} needed"
+                )
     _out()
     _out(_cost_table(report))
     for group in report["unmonitored"]:

@@ -289,6 +289,11 @@ class HaConfig(Strict):
     # How long the leader lease lasts without renewal; renewed every third of it, so two
     # missed renewals still leave it held. A dead leader is replaced within this time.
     lease_ttl: Duration = Field(default=15.0, ge=1.0, le=600.0)
+    # How many vantages (instances with fresh results) must judge an endpoint down before
+    # the leader acts on it. Unset: a majority of the fresh vantages (one of one, two of
+    # three). A fixed number is never lowered: with fewer fresh vantages than that,
+    # nothing is judged down.
+    quorum: int | None = Field(default=None, ge=1, le=100)
 
 
 class ServerAuth(Strict):

@@ -11,6 +11,7 @@ from monitor.domain.outcome import ProbeResult
 # Probe latencies run from a few ms (a local vLLM) to tens of seconds (a cold model).
 _LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
 _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
+_UP = {Health.UP: 1, Health.DOWN: 0, Health.UNKNOWN: -1}
 
 
 class Metrics:
@@ -47,6 +48,19 @@ class Metrics:
         self.leader = Gauge(
             "convai_monitor_leader",
             "1 while this instance holds the leader lease (it syncs, switches and pages).",
+            registry=r,
+        )
+        self.vantage_up = Gauge(
+            "convai_monitor_vantage_endpoint_up",
+            "Each instance's own view of each endpoint, as the leader last read it: 1 up, "
+            "0 down, -1 unknown (the leader acts on the quorum of these).",
+            ["group", "endpoint", "vantage"],
+            registry=r,
+        )
+        self.isolated = Gauge(
+            "convai_monitor_isolated",
+            "1 while this instance sees every endpoint and Convai unreachable (its view of "
+            "the endpoints is not counted).",
             registry=r,
         )
         self.active = Gauge(
@@ -100,8 +114,10 @@ class Metrics:
         self.health(result.group, result.endpoint, health)
 
     def health(self, group: str, endpoint: str, health: Health) -> None:
-        value = {Health.UP: 1, Health.DOWN: 0, Health.UNKNOWN: -1}[health]
-        self.endpoint_up.labels(group, endpoint).set(value)
+        self.endpoint_up.labels(group, endpoint).set(_UP[health])
+
+    def vantage_health(self, group: str, endpoint: str, vantage: str, health: Health) -> None:
+        self.vantage_up.labels(group, endpoint, vantage).set(_UP[health])
 
     def set_active(self, group: str, endpoints: list[str], active: str | None) -> None:
         for name in endpoints:

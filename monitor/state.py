@@ -8,7 +8,7 @@ and HTML are made elsewhere.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -17,8 +17,9 @@ from sqlalchemy import select
 
 from monitor.config import Config, display_url
 from monitor.domain.failover import failback_wait
-from monitor.domain.health import Health
+from monitor.domain.health import Health, HealthState
 from monitor.domain.latency import Bucket, fold, hist_percentile
+from monitor.domain.quorum import Tally, Vote, tally
 from monitor.durations import format_duration
 from monitor.report import iso
 from monitor.store import Store
@@ -68,6 +69,19 @@ def _usage(usage: Usage | None, price_per_1k: float | None) -> dict[str, Any]:
     }
 
 
+def _votes(seen: Mapping[str, HealthState], verdict: Tally, leader: str | None) -> str:
+    """Each vantage's view of one endpoint in a line, and how the quorum counted it."""
+    parts = []
+    for name, view in sorted(seen.items()):
+        role = verdict.role(name)
+        notes = (["leader"] if name == leader else []) + ([role] if role != "counted" else [])
+        parts.append(f"{name} {view.health.value}" + (f" ({', '.join(notes)})" if notes else ""))
+    return (
+        f"seen from {', '.join(parts)}: {len(verdict.down)} of {verdict.counted} counted "
+        f"see it down, {verdict.needed} needed"
+    )
+
+
 def _pinned(record: GroupRecord | None, now: float) -> bool:
     return record is not None and record.pinned_until is not None and record.pinned_until > now
 
@@ -83,6 +97,25 @@ def event_dict(event: EventRecord) -> dict[str, Any]:
         "detection_to_switch_s": details.get("detection_to_switch_s"),
         "details": details or None,
     }
+
+
+@dataclass(frozen=True, slots=True)
+class Voters:
+    """Who votes on the endpoints' health, as the database says now (see State.voters)."""
+
+    leader: str | None
+    isolated: frozenset[str]
+    quorum: int | None
+
+    def tally(self, seen: Mapping[str, HealthState], now: float, fresh_for: float) -> Tally | None:
+        """The leader's verdict from the stored views, counted as the leader counts them;
+        None with one vantage or none (its own view is the verdict)."""
+        if len(seen) < 2:
+            return None
+        votes = [Vote.of(name, state) for name, state in seen.items()]
+        return tally(
+            votes, now, fresh_for, quorum=self.quorum, own=self.leader, isolated=self.isolated
+        )
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,6 +253,7 @@ class State:
         ids = store.endpoint_ids()
         health = store.health()
         views = store.vantage_health()
+        voters = self.voters()
         shapes = store.probe_shapes()
         records = self.switches.groups()
         groups = []
@@ -229,6 +263,11 @@ class State:
                 key = (group.model_group_name, endpoint.name)
                 endpoint_id = ids.get(key)
                 state = health.get(key)
+                seen = views.get(key, {})
+                verdict = voters.tally(seen, now, 2 * group.policy.interval)
+                if verdict is not None and verdict.counted:
+                    # What the leader acts on: the quorum of the vantages' views.
+                    state = HealthState(verdict.health, since=verdict.since)
                 last = store.last_probe(endpoint_id) if endpoint_id is not None else None
                 windows = {
                     name: store.window(endpoint_id, seconds, now)
@@ -263,14 +302,25 @@ class State:
                         "latency_ms_24h": _latency(windows["24h"]),
                         # The request shape the probe was adapted to; None: as configured.
                         "probe": shapes.get(key),
-                        # Each instance's own judgement (the leader's is `health`).
+                        # Each instance's own judgement, and whether it counts.
                         "vantages": {
                             name: {
                                 "health": view.health.value,
                                 "since": iso(view.since),
                                 "last_probe_at": iso(view.last_probe_at),
+                                "vote": verdict.role(name) if verdict else "counted",
                             }
-                            for name, view in sorted(views.get(key, {}).items())
+                            for name, view in sorted(seen.items())
+                        },
+                        # Several vantages: how many judge it down and up, of how many
+                        # counted, and how many votes make a verdict.
+                        "quorum": None
+                        if verdict is None
+                        else {
+                            "needed": verdict.needed,
+                            "counted": verdict.counted,
+                            "down": len(verdict.down),
+                            "up": len(verdict.up),
                         },
                         "usage_24h": _usage(
                             store.usage(endpoint_id, now - DAY, now)
@@ -354,6 +404,16 @@ class State:
             },
         }
 
+    def voters(self) -> Voters:
+        """Who votes on the endpoints' health now: the live leader (its view is always
+        counted) and the instances that are cut off (theirs never are)."""
+        lease, instances = Leases(self.store).read()
+        return Voters(
+            lease.holder if lease.live else None,
+            frozenset(i.name for i in instances if i.isolated),
+            self.config.ha.quorum,
+        )
+
     def cluster(self) -> dict[str, Any]:
         """The leader, its lease and every instance's last heartbeat. Times are the
         database's clock, as absolute times: two reads of an idle system agree."""
@@ -369,6 +429,7 @@ class State:
                     "leader": lease.live and i.name == lease.holder,
                     "heartbeat_at": iso(i.heartbeat_at),
                     "started_at": iso(i.started_at),
+                    "isolated": i.isolated,
                 }
                 for i in instances
             ],
@@ -511,13 +572,23 @@ class State:
             )
         else:
             lines.append("The daemon has never switched it.")
+        views = self.store.vantage_health()
+        voters = self.voters()
         for endpoint in group.endpoints:
-            state = health.get((group_name, endpoint.name))
+            key = (group_name, endpoint.name)
+            state = health.get(key)
+            seen = views.get(key, {})
+            verdict = voters.tally(seen, now, 2 * group.policy.interval)
+            if verdict is not None and verdict.counted:
+                state = HealthState(verdict.health, since=verdict.since)
+                health[key] = state
             if state is None:
                 continue
             since = f" for {format_duration(now - state.since)}" if state.since else ""
             role = " (primary)" if endpoint.name == primary else ""
             lines.append(f"  {endpoint.name}{role}: {state.health.value}{since}")
+            if verdict is not None:
+                lines.append("    " + _votes(seen, verdict, voters.leader))
         pinned_now = _pinned(record, now)
         if active and active != primary:
             state = health.get((group_name, primary))

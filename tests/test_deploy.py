@@ -122,3 +122,69 @@ def test_example_config_outside_a_container_is_absolute_and_local(tmp_path: Path
     # Four slashes: the systemd unit's StateDirectory, wherever the daemon is started.
     assert config.storage.url == "sqlite:////var/lib/convai-monitor/convai-monitor.db"
     assert config.server.listen == "127.0.0.1:9478"
+
+
+POSTGRES_ENV = {
+    "CONVAI_API_KEY": "k-1234567",
+    "VLLM_API_KEY": "k-7654321",
+    "PGPASSWORD": "pg-canary-secret-4242",
+    "SLACK_WEBHOOK_URL": "json://127.0.0.1:9/slack",
+    "PAGERDUTY_URL": "json://127.0.0.1:9/pd",
+    "POD_NAME": "game-backend-7d9f-x2k4q",
+}
+
+
+def test_kubernetes_postgres_variant_runs_several_sidecars_on_one_database() -> None:
+    from monitor.config import parse_config
+
+    documents = list(
+        yaml.safe_load_all((REPO / "config" / "kubernetes-sidecar-postgres.yaml").read_text())
+    )
+    assert [d["kind"] for d in documents] == ["ConfigMap", "Deployment"]
+    text = documents[0]["data"]["config.yaml"].replace(
+        "api_key_file: /var/run/secrets/convai-monitor/openai", "api_key: sk-file-stand-in"
+    )
+    config = parse_config(text, env=POSTGRES_ENV)
+    assert config.storage.url.startswith("postgresql+psycopg://monitor:pg-canary-secret-4242@")
+    # Each sidecar is its own vantage, named after its pod.
+    assert config.instance.name == POSTGRES_ENV["POD_NAME"]
+    deployment = documents[1]["spec"]
+    assert deployment["replicas"] >= 3
+    assert deployment["strategy"]["type"] == "RollingUpdate"
+    pod = deployment["template"]["spec"]
+    monitor = next(c for c in pod["containers"] if c["name"] == "convai-monitor")
+    env = {e["name"]: e for e in monitor["env"]}
+    assert env["POD_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "metadata.name"
+    # A sidecar's readiness is the pod's: the monitor's must not take the game down.
+    assert "readinessProbe" not in monitor
+    assert not any("persistentVolumeClaim" in v for v in pod["volumes"])
+
+
+def test_compose_postgres_variant_runs_three_instances_on_one_database(tmp_path: Path) -> None:
+    from monitor.config import parse_config
+
+    compose = yaml.safe_load((REPO / "config" / "docker-compose.postgres.yaml").read_text())
+    services = compose["services"]
+    monitors = {n: s for n, s in services.items() if n.startswith("convai-monitor")}
+    assert len(monitors) == 3
+    assert services["postgres"]["healthcheck"]
+    names = {s["hostname"] for s in monitors.values()}
+    assert len(names) == 3  # one vantage each
+    ports = [p.split(":")[1] for s in monitors.values() for p in s["ports"]]
+    assert len(set(ports)) == 3
+    (tmp_path / "openai").write_text("sk-stand-in-key\n")
+    for service in monitors.values():
+        assert service["depends_on"]["postgres"]["condition"] == "service_healthy"
+        env = {
+            k: v.replace("${PGPASSWORD:?set PGPASSWORD}", POSTGRES_ENV["PGPASSWORD"])
+            for k, v in service["environment"].items()
+            if not v.startswith("${")
+        }
+        env.update({k: v for k, v in POSTGRES_ENV.items() if k != "POD_NAME"})
+        env["CREDENTIALS_DIRECTORY"] = str(tmp_path)
+        text = (REPO / "config" / "convai-monitor.example.yaml").read_text()
+        config = parse_config(text, env=env)
+        assert config.storage.url == (
+            "postgresql+psycopg://monitor:pg-canary-secret-4242@postgres:5432/convai_monitor"
+        )
+        assert config.server.listen == "0.0.0.0:9478"

@@ -64,6 +64,7 @@ def test_health_ready_and_metrics(world: World) -> None:
             "convai_reached": True,
             "all_endpoints_probed": True,
             "leader": True,  # alone, it leads
+            "isolated": False,
         }
         world.sims["a"].set(Behaviour.REFUSE)
         poll(lambda: world.registered()["base_url"] == world.sims["b"].base_url, 15, "failover")

@@ -542,3 +542,77 @@ def test_standalone_sim_takes_behaviour_changes_on_stdin() -> None:
             assert proc.stdout.readline().startswith("error:")
         finally:
             proc.terminate()
+
+
+def agent(instance: str) -> dict[str, str]:
+    return {"User-Agent": f"convai-monitor/9.9.9 (instance {instance})"}
+
+
+def test_set_for_fails_one_monitor_instance_only(sim: EndpointSim, client: httpx.Client) -> None:
+    url = f"{sim.base_url}/chat/completions"
+    sim.set_for("east", Behaviour.HTTP_503)
+    sim.set_for("west", Behaviour.REFUSE)
+
+    assert client.post(url, json=CHAT, headers=agent("east")).status_code == 503
+    with pytest.raises(httpx.RemoteProtocolError):  # hung up unanswered
+        client.post(url, json=CHAT, headers=agent("west"))
+    # Another instance, an instance whose name only starts the same, and a caller that
+    # is not a monitor at all are all served as usual.
+    assert client.post(url, json=CHAT, headers=agent("north")).status_code == 200
+    assert client.post(url, json=CHAT, headers=agent("east-2")).status_code == 200
+    assert chat(client, sim).status_code == 200
+    # It wins over the sim-wide behaviour and over a script, and is cleared with None.
+    sim.set(Behaviour.HTTP_500)
+    assert client.post(url, json=CHAT, headers=agent("east")).status_code == 503
+    sim.set_for("east", None)
+    sim.set(Behaviour.OK)
+    assert client.post(url, json=CHAT, headers=agent("east")).status_code == 200
+    assert sim.last_request is not None
+    assert sim.last_request["headers"]["user-agent"].endswith("(instance east)")
+
+
+def test_set_for_releases_a_hanging_request(sim: EndpointSim) -> None:
+    sim.set_for("east", Behaviour.HANG)
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            with httpx.Client(timeout=10.0, trust_env=False) as c:
+                c.post(f"{sim.base_url}/chat/completions", json=CHAT, headers=agent("east"))
+        except httpx.HTTPError as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=call)
+    started = time.monotonic()
+    thread.start()
+    deadline = time.monotonic() + 5
+    while sim.requests == 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    sim.set_for("east", None)
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert time.monotonic() - started < 5
+    assert errors
+    assert isinstance(errors[0], httpx.RemoteProtocolError)
+
+
+def test_standalone_sim_fails_one_instance_on_stdin() -> None:
+    command = [sys.executable, "-m", "monitor.sim.openai", "--model", "m"]
+    pipe = subprocess.PIPE
+    with subprocess.Popen(command, stdin=pipe, stdout=pipe, text=True) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        try:
+            url = f"{proc.stdout.readline().strip()}/v1/chat/completions"
+            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
+            proc.stdin.write("for east http_503\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "ok"
+            assert httpx.post(url, json=body, headers=agent("east")).status_code == 503
+            assert httpx.post(url, json=body, headers=agent("west")).status_code == 200
+            proc.stdin.write("for east -\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "ok"
+            assert httpx.post(url, json=body, headers=agent("east")).status_code == 200
+        finally:
+            proc.terminate()

@@ -302,6 +302,32 @@ def test_leader_lease_fences_a_paused_leader(db_url: str) -> None:
     west.close()
 
 
+def test_an_isolated_leader_steps_aside_for_a_live_instance(db_url: str) -> None:
+    east, west = Store(db_url), Store(db_url)
+    east.migrate()
+    leases_east, leases_west = Leases(east), Leases(west)
+    assert leases_east.acquire("east", 5.0, NOW).holder == "east"
+    # Cut off, but nobody else is alive: it keeps the lease (alone, it still pages that
+    # it is isolated, and switches nothing).
+    assert leases_east.acquire("east", 5.0, NOW, isolated=True).holder == "east"
+    assert leases_west.acquire("west", 5.0, NOW).holder == "east"
+    # Now west is alive and not cut off: east lets go, and west takes it at once.
+    assert leases_east.acquire("east", 5.0, NOW, isolated=True).holder is None
+    taken = leases_west.acquire("west", 5.0, NOW)
+    assert (taken.holder, taken.token) == ("west", 2)
+    # An isolated instance does not take a free lease either while west is alive...
+    assert leases_west.release("west", 2)
+    assert leases_east.acquire("east", 5.0, NOW, isolated=True).holder is None
+    _, instances = leases_east.read()
+    assert {i.name: i.isolated for i in instances} == {"east": True, "west": False}
+    # ...and takes it again once it is back.
+    assert leases_east.acquire("east", 5.0, NOW).holder == "east"
+    _, instances = leases_east.read()
+    assert {i.name: i.isolated for i in instances} == {"east": False, "west": False}
+    east.close()
+    west.close()
+
+
 def spent(at: float, prompt: int | None, completion: int | None) -> ProbeResult:
     return ProbeResult(at, "g", "a", Outcome.OK, 50.0, 200, None, prompt, completion)
 

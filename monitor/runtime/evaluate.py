@@ -24,6 +24,7 @@ from monitor.domain.failover import (
 )
 from monitor.domain.health import Health, HealthState, Transition, clean, recovering
 from monitor.domain.outcome import ProbeResult, Verdict
+from monitor.domain.quorum import endpoint_view
 from monitor.runtime.act import Actor
 from monitor.runtime.context import Context
 from monitor.runtime.evidence import Evidence, Isolation
@@ -31,6 +32,7 @@ from monitor.runtime.monitor import thresholds
 from monitor.runtime.notices import Notices
 from monitor.runtime.switcher import Switcher
 from monitor.runtime.sync import Sync, same_url
+from monitor.runtime.vantages import Vantages
 from monitor.store import EndpointKey
 from monitor.store.switching import GroupRecord, key_digest
 
@@ -47,6 +49,10 @@ class Evaluator:
         self.sync = sync
         self.evidence: dict[EndpointKey, Evidence] = {}
         self.isolation = Isolation(ctx, self.evidence)
+        recorder = ctx.monitor.recorder
+        self.vantages = Vantages(
+            recorder.store, recorder.call, ctx.config.instance.name, ctx.monitor.metrics
+        )
         # Groups paged all-down before Convai was first read (no group record to hold the
         # condition yet).
         self.unsynced_down: set[str] = set()
@@ -79,6 +85,8 @@ class Evaluator:
     async def tick(self) -> None:
         """Periodic evaluation: failback timers, pin expiry, retries of failed switches."""
         sync, now = self.sync, time.time()
+        # The other vantages' views, read once for every group this tick decides.
+        await self.vantages.refresh()
         retry = not sync.reconciled or not sync.convai_reachable
         if retry and now - sync.last_attempt >= CONVAI_RETRY and not sync.busy:
             # In the background: a Convai that does not answer costs a sync its whole
@@ -208,15 +216,23 @@ class Evaluator:
             key = (group.model_group_name, endpoint.name)
             state = self.ctx.monitor.states.get(key, HealthState())
             up_since = state.since if state.health is Health.UP else None
-            endpoints.append(
-                EndpointView(
-                    endpoint.name,
-                    state.health,
-                    up_since,
-                    answering=recovering(state, now, limits),
-                    clean=clean(state, now, limits),
-                )
+            own = EndpointView(
+                endpoint.name,
+                state.health,
+                up_since,
+                answering=recovering(state, now, limits),
+                clean=clean(state, now, limits),
             )
+            # Fresh: a result newer than two intervals (one missed probe is not silence).
+            verdict = self.vantages.tally(
+                key,
+                state,
+                now,
+                2 * policy.interval,
+                self.ctx.config.ha.quorum,
+                own_isolated=self.isolation.isolated,
+            )
+            endpoints.append(own if verdict is None else endpoint_view(own, verdict))
         return GroupView(
             name=group.model_group_name,
             endpoints=tuple(endpoints),

@@ -21,6 +21,8 @@ log = structlog.get_logger()
 _EVIDENCE = 5
 # Outcomes that say "could not reach it", as opposed to "it answered badly".
 _UNREACHABLE = frozenset({Outcome.CONNECT_ERROR, Outcome.TIMEOUT})
+# While every endpoint looks unreachable, Convai is asked this often whether we are cut off.
+RECHECK = 5.0
 
 
 @dataclass
@@ -48,23 +50,61 @@ class Evidence:
 
 class Isolation:
     """Every endpoint of every group unreachable, and Convai too: our own network is down,
-    so nothing is switched (see domain.failover's `isolated`)."""
+    so nothing is switched (see domain.failover's `isolated`). Every instance watches for
+    it: an isolated vantage's votes do not count (domain.quorum), it says so in its log
+    and on /readyz, and it steps aside as leader (store.lease)."""
 
     def __init__(self, ctx: Context, evidence: dict[EndpointKey, Evidence]) -> None:
         self.ctx = ctx
         self.evidence = evidence
         self.isolated = False
+        self._checked_at = -RECHECK
+        self._checking = False
 
-    async def suspect(self) -> bool:
-        for key in self.ctx.monitor.targets:
+    def cut_off(self) -> bool:
+        """Every endpoint's latest probe failed to reach it (nothing answered at all)."""
+        targets = self.ctx.monitor.targets
+        if not targets:
+            return False
+        for key in targets:
             evidence = self.evidence.get(key)
             if evidence is None or not evidence.recent:
-                return self.leave()
+                return False
             if evidence.recent[-1].outcome not in _UNREACHABLE:
-                return self.leave()
+                return False
+        return True
+
+    def watch(self, now: float) -> None:
+        """Each tick, on every instance: ask Convai (in the background, at most every
+        RECHECK seconds) once every endpoint looks unreachable."""
+        if not self.cut_off():
+            self.leave()
+            return
+        if self._checking or now - self._checked_at < RECHECK:
+            return
+        self._checked_at = now
+        self._checking = True
+        self.ctx.background(self._check(), "isolation")
+
+    async def _check(self) -> None:
+        try:
+            await self.suspect()
+        finally:
+            self._checking = False
+
+    async def suspect(self) -> bool:
+        if not self.cut_off():
+            return self.leave()
         try:
             await self.ctx.convai.list_models()
         except ConvaiUnreachable:
+            if not self.isolated:
+                log.error(
+                    "vantage_isolated",
+                    instance=self.ctx.config.instance.name,
+                    reason="every endpoint and Convai are unreachable from here",
+                    effect="this instance's view of the endpoints is not counted",
+                )
             self.isolated = True
             return True
         except ConvaiError:
@@ -79,5 +119,5 @@ class Isolation:
             states = self.ctx.monitor.states
             for key in list(states):
                 states[key] = HealthState()
-            log.warning("isolation_ended")
+            log.warning("isolation_ended", instance=self.ctx.config.instance.name)
         return False

@@ -5,6 +5,7 @@ together behind the few calls the daemon makes. What to do is decided in domain.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import structlog
@@ -82,6 +83,10 @@ class Engine:
         return self.syncer.synced
 
     @property
+    def isolated(self) -> bool:
+        return self.evaluator.isolation.isolated
+
+    @property
     def convai_reachable(self) -> bool:
         return self.syncer.convai_reachable
 
@@ -105,6 +110,8 @@ class Engine:
             await self.syncer.sync()
 
     async def tick(self) -> None:
+        # Every instance watches whether it is cut off; only the leader decides.
+        self.evaluator.isolation.watch(time.time())
         if self.ctx.leading():
             await self.evaluator.tick()
 

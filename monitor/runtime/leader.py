@@ -29,12 +29,16 @@ class Leadership:
         ttl: float,
         call: Callable[..., Awaitable[Any]],
         on_elected: Callable[[], Awaitable[None]] | None = None,
+        isolated: Callable[[], bool] = lambda: False,
     ) -> None:
         self.leases = leases
         self.name = name
         self.ttl = ttl
         self.call = call
         self.on_elected = on_elected
+        # Whether this instance is cut off (runtime.evidence.Isolation): recorded with its
+        # heartbeat, so the leader stops counting its votes, and it steps aside.
+        self.isolated = isolated
         self.started_at = time.time()
         self.lease: Lease | None = None  # as last read
         self.token: int | None = None  # ours while we hold the lease
@@ -54,7 +58,11 @@ class Leadership:
         was = self.held()
         try:
             lease: Lease = await self.call(
-                self.leases.acquire, self.name, self.ttl, self.started_at
+                self.leases.acquire,
+                self.name,
+                self.ttl,
+                self.started_at,
+                isolated=self.isolated(),
             )
         except Exception as exc:  # no lease can be proven: act on nothing
             self.token = None

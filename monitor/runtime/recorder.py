@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
@@ -21,6 +22,10 @@ from monitor.domain.outcome import ProbeResult
 from monitor.store import Store
 
 T = TypeVar("T")
+# Results kept in memory while the store cannot be written (about 200 bytes each).
+MAX_PENDING = 100_000
+# A failing database is logged at its first failed write, then this often.
+FAILURE_LOG_EVERY = 60.0
 log = structlog.get_logger()
 
 
@@ -37,6 +42,9 @@ class Recorder:
         self.leading: Callable[[], bool] = lambda: True
         self.written = 0
         self.failed_flushes = 0
+        self.dropped = 0  # results given up while the store could not be written
+        self._failing = False
+        self._failure_logged_at = 0.0
 
     def add(self, endpoint_id: int, result: ProbeResult, state: HealthState) -> None:
         self._results.append((endpoint_id, result))
@@ -56,13 +64,28 @@ class Recorder:
             await self.call(self.store.save, results, states, shared=self.leading())
         except Exception as exc:  # the loop must survive a full disk or a locked file
             self.failed_flushes += 1
-            # Put the batch back (bounded) so a short outage of the disk loses nothing.
-            if len(self._results) + len(results) <= 100_000:
-                self._results[:0] = results
-                self._states = {**states, **self._states}
-            log.error("store_write_failed", error=str(exc), pending=len(self._results))
+            # Put the batch back so an outage of the disk or the database loses nothing;
+            # bounded, keeping the newest: a long outage must not exhaust the memory.
+            pending = results + self._results
+            self.dropped += max(0, len(pending) - MAX_PENDING)
+            self._results = pending[-MAX_PENDING:]
+            self._states = {**states, **self._states}
+            now = time.monotonic()
+            if not self._failing or now - self._failure_logged_at >= FAILURE_LOG_EVERY:
+                # Once, then once a minute: a database away for an hour is not 18,000 lines.
+                self._failing, self._failure_logged_at = True, now
+                log.error(
+                    "store_write_failed",
+                    error=str(exc),
+                    pending=len(self._results),
+                    dropped=self.dropped,
+                    failed_flushes=self.failed_flushes,
+                )
         else:
             self.written += len(results)
+            if self._failing:
+                self._failing = False
+                log.warning("store_write_recovered", written=len(results))
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="recorder")

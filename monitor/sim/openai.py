@@ -14,7 +14,11 @@ How a chat request is answered, in order:
 1. Only `POST` to a path ending in `/chat/completions` is a chat request, whatever comes
    before it, so one sim can stand for many endpoints (`/e17/v1/chat/completions`). Any
    other path or method gets OpenAI's 404 "Invalid URL" JSON.
-2. The behaviour is the next step queued by `script()`, or else the one set last.
+2. The behaviour is the one set for the caller's instance by `set_for()` (read from the
+   probe's User-Agent, `convai-monitor/VERSION (instance NAME)`: one monitor's network
+   path is broken, the others' are not), else the next step queued by `script()`, else
+   the one set last. A per-instance `REFUSE` hangs up without answering (the connection
+   is accepted before the User-Agent can be read).
 3. `REFUSE` and `HANG` act on the connection before anything is read into a reply: a dead
    or wedged server checks no keys.
 4. `delay` seconds pass.
@@ -33,7 +37,8 @@ Run standalone (the benchmark does, to keep the simulated endpoints off its own 
 prints the origin (`http://127.0.0.1:PORT`) as its first stdout line, then serves until
 SIGTERM, SIGINT, or EOF on stdin when stdin is a pipe. Lines on that pipe change the
 behaviour at run time (a benchmark starts an outage in the sim's own process this way):
-`set BEHAVIOUR`, `flaky RATE [BEHAVIOUR]`; each is answered with `ok` or `error: ...` on
+`set BEHAVIOUR`, `flaky RATE [BEHAVIOUR]`, `for INSTANCE BEHAVIOUR` (`for INSTANCE -`
+clears it); each is answered with `ok` or `error: ...` on
 stdout.
 """
 
@@ -46,6 +51,7 @@ import itertools
 import json
 import os
 import random
+import re
 import select
 import signal
 import socket
@@ -97,6 +103,9 @@ class RecordedRequest(TypedDict):
     headers: dict[str, str]  # names lower-cased
     json: Any  # the parsed body, or None when it was not JSON
 
+
+# convai-monitor's probes say who sent them: "convai-monitor/1.2.0 (instance east)".
+_AGENT = re.compile(r"\(instance ([^)\s]+)\)")
 
 # The ~20 MB that HUGE sends: big enough that a client without a body cap notices the
 # memory and time, small enough to build in a fraction of a second.
@@ -167,6 +176,8 @@ class EndpointSim(Running):
         self._behaviour = behaviour
         self._delay = delay
         self._script: collections.deque[Behaviour] = collections.deque()
+        # Behaviour by the calling monitor's instance name (see set_for()).
+        self._by_instance: dict[str, Behaviour] = {}
         self._requests = 0
         # HANG requests whose client is still waiting, now and at most at once.
         self._held = 0
@@ -255,6 +266,18 @@ class EndpointSim(Running):
             if self._running:
                 self._sync_listening()
 
+    def set_for(self, instance: str, behaviour: Behaviour | None) -> None:
+        """Answer requests from one monitor instance (named in its User-Agent) with this
+        behaviour, whatever the others get; None: like everybody else again. Hanging
+        requests of that instance are released."""
+        with self._lock:
+            if behaviour is None:
+                self._by_instance.pop(instance, None)
+            else:
+                self._by_instance[instance] = behaviour
+            released, self._changed = self._changed, threading.Event()
+        released.set()
+
     def script(self, steps: Sequence[Behaviour]) -> None:
         """Answer the next `len(steps)` chat requests with these behaviours, in order.
 
@@ -320,7 +343,13 @@ class EndpointSim(Running):
         with self._lock:
             self._requests += 1
             self._last_request = record
-            behaviour = self._script.popleft() if self._script else self._behaviour
+            own = self._by_instance.get(_instance(record["headers"].get("user-agent")) or "")
+            if own is not None:
+                behaviour = own
+            elif self._script:
+                behaviour = self._script.popleft()
+            else:
+                behaviour = self._behaviour
             if behaviour is Behaviour.OK and self._random.random() < self._flake_rate:
                 behaviour = self._flake_as
             return _Plan(behaviour, self._delay, self._changed, self._stopped)
@@ -669,6 +698,12 @@ class _Handler(JsonHandler):
         self.send_json(status, {"error": error}, headers)
 
 
+def _instance(agent: str | None) -> str | None:
+    """The monitor instance named in a probe's User-Agent, if any."""
+    match = _AGENT.search(agent or "")
+    return match.group(1) if match else None
+
+
 def _bearer(authorization: str | None) -> str | None:
     if authorization is None:
         return None
@@ -818,11 +853,14 @@ def _wait_for_eof(done: threading.Event, sim: EndpointSim | None = None) -> None
 
 
 def _command(sim: EndpointSim, line: str) -> str:
-    """Apply one control line (`set BEHAVIOUR` or `flaky RATE [BEHAVIOUR]`)."""
+    """Apply one control line (`set BEHAVIOUR`, `flaky RATE [BEHAVIOUR]` or
+    `for INSTANCE BEHAVIOUR|-`)."""
     words = line.split()
     try:
         if words[0] == "set" and len(words) == 2:
             sim.set(Behaviour(words[1]))
+        elif words[0] == "for" and len(words) == 3:
+            sim.set_for(words[1], None if words[2] == "-" else Behaviour(words[2]))
         elif words[0] == "flaky" and len(words) in (2, 3):
             failure = Behaviour(words[2]) if len(words) == 3 else Behaviour.HTTP_500
             sim.flaky(float(words[1]), behaviour=failure)

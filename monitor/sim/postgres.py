@@ -70,6 +70,7 @@ class LocalPostgres:
         self.root: Path | None = None
         self._proc: subprocess.Popen[bytes] | None = None
         self._as: list[str] = []
+        self._binaries = Path()
 
     @property
     def admin_url(self) -> str:
@@ -94,7 +95,6 @@ class LocalPostgres:
             for path in (self.root, data, sockets):
                 os.chown(path, server.pw_uid, server.pw_gid)
             self._as = ["runuser", "-u", _SERVER_USER, "--"]
-        log = self.root / "server.log"
         init = subprocess.run(
             [
                 *self._as,
@@ -117,11 +117,18 @@ class LocalPostgres:
                 f"initdb failed: {init.stderr.decode(errors='replace').strip()[-300:]}"
             )
         self.port = free_port()
+        self._binaries = binaries
+        self._launch(timeout)
+        return self
+
+    def _launch(self, timeout: float) -> None:
+        assert self.root is not None
+        data, sockets, log = self.root / "data", self.root / "sock", self.root / "server.log"
         with log.open("ab") as sink:
             self._proc = subprocess.Popen(
                 [
                     *self._as,
-                    str(binaries / "postgres"),
+                    str(self._binaries / "postgres"),
                     "-D",
                     str(data),
                     "-p",
@@ -146,7 +153,15 @@ class LocalPostgres:
                 stdin=subprocess.DEVNULL,
             )
         self._wait(timeout, log)
-        return self
+
+    def halt(self) -> None:
+        """Stop the server but keep its data: the database is unreachable until `resume()`
+        (a restart, a failover of the database, a network cut)."""
+        self._shutdown()
+
+    def resume(self, timeout: float = 30.0) -> None:
+        """Start a halted server again, on the same port with the same data."""
+        self._launch(timeout)
 
     def _wait(self, timeout: float, log: Path) -> None:
         import psycopg
@@ -180,6 +195,10 @@ class LocalPostgres:
         return self.url(name)
 
     def stop(self) -> None:
+        self._shutdown()
+        self._cleanup()
+
+    def _shutdown(self) -> None:
         if self._proc is not None and self._proc.poll() is None:
             # SIGINT is PostgreSQL's "fast" shutdown: disconnect clients and stop now. It
             # goes to the postmaster itself (its pid file), not to runuser in between.
@@ -190,7 +209,6 @@ class LocalPostgres:
                 self._proc.kill()
                 self._proc.wait(timeout=5)
         self._proc = None
-        self._cleanup()
 
     def _signal(self, sig: signal.Signals) -> None:
         assert self.root is not None

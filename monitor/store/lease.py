@@ -39,6 +39,7 @@ class Instance:
     version: str
     started_at: float
     heartbeat_at: float
+    isolated: bool = False
 
 
 def db_now(session: Session) -> float:
@@ -64,15 +65,22 @@ class Leases:
     def __init__(self, store: Store) -> None:
         self.store = store
 
-    def acquire(self, name: str, ttl: float, started_at: float) -> Lease:
+    def acquire(self, name: str, ttl: float, started_at: float, *, isolated: bool = False) -> Lease:
         """Take the lease if it is free or lapsed, renew it if `name` holds it; record a
-        heartbeat either way. Returns the lease as it stands after this call."""
+        heartbeat either way. Returns the lease as it stands after this call.
+
+        An isolated instance (it reaches neither the endpoints nor Convai) steps aside
+        while another live instance is not isolated: it could switch nothing anyway.
+        """
         with self.store.session() as session, session.begin():
             row = session.scalars(
                 select(LeaseRow).where(LeaseRow.name == LEADER).with_for_update()
             ).one()
             now = db_now(session)
-            if row.holder == name and row.expires_at > now:
+            if isolated and self._better(session, name, now - ttl):
+                if row.holder == name:
+                    row.holder, row.expires_at = None, now
+            elif row.holder == name and row.expires_at > now:
                 row.expires_at, row.renewed_at = now + ttl, now
             elif row.holder is None or row.expires_at <= now:
                 # A new term, even for the same holder after a lapse: whatever it started
@@ -87,10 +95,23 @@ class Leases:
                     "version": __version__,
                     "started_at": started_at,
                     "heartbeat_at": now,
+                    "isolated": isolated,
                 },
                 ("name",),
             )
             return Lease(row.holder, row.token, row.expires_at, now)
+
+    @staticmethod
+    def _better(session: Session, name: str, alive_since: float) -> bool:
+        """Another instance, alive within the lease's time, that is not isolated."""
+        found = session.scalars(
+            select(InstanceRow.name)
+            .where(InstanceRow.name != name)
+            .where(InstanceRow.heartbeat_at > alive_since)
+            .where(InstanceRow.isolated.is_(False))
+            .limit(1)
+        ).first()
+        return found is not None
 
     def release(self, name: str, token: int) -> bool:
         """Give the lease up at shutdown (another instance takes over at once)."""
@@ -108,7 +129,7 @@ class Leases:
             row = session.get_one(LeaseRow, LEADER)
             lease = Lease(row.holder, row.token, row.expires_at, db_now(session))
             instances = [
-                Instance(r.name, r.version, r.started_at, r.heartbeat_at)
+                Instance(r.name, r.version, r.started_at, r.heartbeat_at, r.isolated)
                 for r in session.scalars(select(InstanceRow).order_by(InstanceRow.name))
             ]
         return lease, instances

@@ -12,6 +12,7 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -243,3 +244,5 @@ class InstanceRow(Base):
     version: Mapped[str] = mapped_column(String(32))
     started_at: Mapped[float] = mapped_column(Float)
     heartbeat_at: Mapped[float] = mapped_column(Float)
+    # It sees every endpoint and Convai unreachable: its votes on endpoints do not count.
+    isolated: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
