@@ -236,9 +236,10 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     store = open_store(config)
     daemon = Daemon(config, store)
     seen: Counter[str] = Counter()
+    causes: Counter[str] = Counter()
     verdicts = 0
 
-    async def count(target: Any, result: Any, _state: Any, transition: Any) -> None:
+    async def count(target: Any, result: Any, state: Any, transition: Any) -> None:
         nonlocal verdicts
         if target.endpoint == "primary":
             seen[result.outcome.value] += 1
@@ -246,6 +247,7 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             # these would have been a switch. Measured, not computed.
             if transition is not None and transition.after is Health.DOWN:
                 verdicts += 1
+                causes[str(state.cause)] += 1
 
     task = asyncio.create_task(daemon.run())
     started = time.monotonic()
@@ -288,6 +290,7 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "missed_runs": missed,
         "deadline_at_end_s": [round(min(deadlines), 3), round(max(deadlines), 3)],
         "down_verdicts": verdicts,
+        "down_causes": dict(causes),
         "arithmetic_down_verdicts": round(expected, 2),
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -754,7 +757,7 @@ def main(argv: list[str] | None = None) -> int:
             f"{args.blip_interval * args.blip_deadline_share:g}s, "
             f"{b['outcomes'].get('timeout', 0)} timeouts, deadlines at the end "
             f"{b['deadline_at_end_s'][0]}-{b['deadline_at_end_s'][1]}s) -> "
-            f"{b['down_verdicts']} down verdicts "
+            f"{b['down_verdicts']} down verdicts {b['down_causes']} "
             f"(independent-draw arithmetic: ~{b['arithmetic_down_verdicts']}), each a switch "
             f"without the re-probe -> {b['switches']} switches"
             f"  [target 0: {'met' if b['switches'] == 0 else 'NOT met'}]"

@@ -194,7 +194,7 @@ async def test_one_late_request_per_endpoint(world: World) -> None:
     """A hang re-probed at the fast cadence, each probe failed at its 0.2 s deadline, with
     a 3 s `timeout`: without the cap some ten requests would wait at once, each holding a
     probe slot. The endpoint itself sees at most the late one and the current one (a
-    third only while the replaced one is being hung up). fall 20 keeps it re-probed fast
+    third only while a cancelled one is being hung up). fall 20 keeps it re-probed fast
     for longer than a `timeout`."""
     config = world.config(fall=20)
     seed(world, config, {"a": 20.0, "b": 20.0, "c": 20.0})
@@ -207,8 +207,8 @@ async def test_one_late_request_per_endpoint(world: World) -> None:
         seen = a.requests
         await wait_for(lambda: a.requests >= seen + 12, limit=20, what="fast probes of the hang")
         assert monitor.states[(GROUP, "a")].failures >= 10
-        assert 1 <= a.held <= 3
-    assert a.held_peak <= 3
+    # Two at once at least (the late one and the current one): the count is real.
+    assert 2 <= a.held_peak <= 3
     # Every one of them a failure at the deadline, none waited out.
     kinds = failures(config, "a")
     assert all("learned deadline 0.2s" in (detail or "") for _, detail in kinds)
