@@ -77,7 +77,7 @@ from monitor.logs import setup_logging
 from monitor.loop import run as run_loop
 from monitor.probes import ChatProber, ProbeShape
 from monitor.probes.chat import request_body, user_agent
-from monitor.runtime.monitor import Monitor
+from monitor.runtime.monitor import STARTUP_RATE, Monitor
 from monitor.runtime.recorder import Recorder
 from monitor.sim.convai import DEFAULT_API_KEY as CONVAI_KEY
 from monitor.store import Store
@@ -371,7 +371,7 @@ def report(summary: dict[str, Any]) -> None:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BLACKBOX = "prometheus-blackbox-exporter"
 SCRAPE_EVERY = 15.0  # Prometheus' default scrape interval
-READY_TIMEOUT = 120.0
+READY_TIMEOUT = 120.0  # plus the start-up round (spread at STARTUP_RATE probes/s)
 
 
 def spawn(command: list[str], cpus: set[int] | None, **popen: Any) -> subprocess.Popen[str]:
@@ -577,10 +577,13 @@ async def get_text(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
         return reply.status, await reply.text()
 
 
-async def wait_ready(session: aiohttp.ClientSession, base: str, daemon: Any) -> float:
+async def wait_ready(
+    session: aiohttp.ClientSession, base: str, daemon: Any, endpoints: int
+) -> float:
     """Seconds until /readyz says every endpoint was probed once."""
     started = time.monotonic()
-    while time.monotonic() - started < READY_TIMEOUT:
+    limit = READY_TIMEOUT + endpoints / STARTUP_RATE
+    while time.monotonic() - started < limit:
         if daemon.poll() is not None:
             raise RuntimeError(f"the daemon exited with {daemon.returncode} (see its log)")
         with contextlib.suppress(aiohttp.ClientError):
@@ -588,7 +591,7 @@ async def wait_ready(session: aiohttp.ClientSession, base: str, daemon: Any) -> 
             if status == 200:
                 return time.monotonic() - started
         await asyncio.sleep(0.5)
-    raise RuntimeError(f"the daemon was not ready within {READY_TIMEOUT:g} s")
+    raise RuntimeError(f"the daemon was not ready within {limit:g} s")
 
 
 @dataclass
@@ -610,7 +613,7 @@ async def measure_processes(
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        ready_s = await wait_ready(session, base, daemon)
+        ready_s = await wait_ready(session, base, daemon, args.endpoints)
         driver = Driver()
         driving = (
             asyncio.create_task(driver.run(session, blackbox[1], urls, args.interval))
@@ -735,11 +738,20 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
         floor_p50_ms=percentile(floor, 50),
         floor_p99_ms=percentile(floor, 99),
         log_lines=len(log_lines),
-        log_warnings=sum(
-            '"level": "warning"' in line or '"level": "error"' in line for line in log_lines
-        ),
+        log_warnings=dict(warnings(log_lines)),
     )
     return summary
+
+
+def warnings(lines: list[str]) -> Counter[str]:
+    """The daemon's warning and error events by name."""
+    events: Counter[str] = Counter()
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            event = json.loads(line)
+            if isinstance(event, dict) and event.get("level") in ("warning", "error"):
+                events[str(event.get("event"))] += 1
+    return events
 
 
 def report_processes(summary: dict[str, Any]) -> None:
@@ -771,8 +783,8 @@ def report_processes(summary: dict[str, Any]) -> None:
         "requests from http.client: the sim's own share)",
         f"missed runs          {summary['missed']:.0f}",
         f"outcomes             {json.dumps(summary['outcomes'], sort_keys=True)} (stored)",
-        f"daemon log           {summary['log_lines']} lines, {summary['log_warnings']} "
-        "warnings or errors",
+        f"daemon log           {summary['log_lines']} lines, warnings and errors: "
+        f"{json.dumps(summary['log_warnings'], sort_keys=True)}",
     ]
     ratio = None
     if "blackbox" in usage:

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import httpx
 import structlog
 
 from monitor.app import Daemon, open_store
@@ -23,7 +24,7 @@ from monitor.logs import setup_logging
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.store.switching import SwitchLog
-from tests.conftest import MODEL, canary_key, config_dict, write_config
+from tests.conftest import CONVAI_KEY, MODEL, canary_key, config_dict, write_config
 
 GROUP = "my-turbo"
 
@@ -135,6 +136,21 @@ class World:
         record = self.convai.record(GROUP)
         assert record is not None
         return record
+
+    def update_behind_our_back(self, name: str) -> None:
+        """Point the group at endpoint `name` through Convai's API, as if an update the
+        daemon sent had landed but its answer was lost with the process."""
+        response = httpx.post(
+            f"{self.convai.base_url}/llm-models/update",
+            headers={"CONVAI-API-KEY": CONVAI_KEY},
+            json={
+                "model_group_name": GROUP,
+                "base_url": self.sims[name].base_url,
+                "api_key": self.keys[name],
+            },
+            timeout=5,
+        )
+        assert response.status_code == 200
 
     def updates(self) -> int:
         return len([c for c in self.convai.calls_of("update") if c.status == 200])

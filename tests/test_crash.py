@@ -8,7 +8,6 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-import httpx
 import pytest
 from sqlalchemy.exc import OperationalError
 
@@ -17,7 +16,6 @@ from monitor.config import Config
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.store.switching import SwitchLog
-from tests.conftest import CONVAI_KEY
 from tests.harness import GROUP, World, daemon_process, make_world, poll
 
 Factory = Callable[..., EndpointSim]
@@ -56,17 +54,7 @@ def test_kill_9_between_intent_and_confirmation(world: World, landed: bool) -> N
     assert world.registered()["base_url"] == world.sims["a"].base_url
     if landed:
         # The update reached Convai but the answer was lost with the process.
-        response = httpx.post(
-            f"{world.convai.base_url}/llm-models/update",
-            headers={"CONVAI-API-KEY": CONVAI_KEY},
-            json={
-                "model_group_name": GROUP,
-                "base_url": world.sims["b"].base_url,
-                "api_key": world.keys["b"],
-            },
-            timeout=5,
-        )
-        assert response.status_code == 200
+        world.update_behind_our_back("b")
     updates_before = len([c for c in world.convai.calls_of("update") if c.status == 200])
     with daemon_process(path, log) as proc:
         poll(lambda: any(s == "confirmed" for s, _ in switches(config)), 15, "confirmed switch")

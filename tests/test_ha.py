@@ -25,6 +25,7 @@ from monitor.sim.postgres import LocalPostgres, PostgresUnavailable
 from monitor.sim.receiver import AlertReceiver
 from monitor.store import Store
 from monitor.store.lease import Leases
+from monitor.store.switching import SwitchLog
 from monitor.store.tables import ResultRow
 from tests.conftest import write_config
 from tests.harness import GROUP, World, free_port, make_world, poll
@@ -235,6 +236,48 @@ def test_kill_9_of_the_leader_another_completes_the_failback(world: World) -> No
         assert took < TTL + 1.0 + INTERVAL + 3.0, took
 
 
+def switches(url: str) -> list[tuple[str, str]]:
+    store = Store(url)
+    try:
+        return [(s.status, s.to_endpoint) for s in SwitchLog(store).switches(GROUP)]
+    finally:
+        store.close()
+
+
+@pytest.mark.parametrize("landed", [False, True])
+def test_a_new_leader_closes_the_switch_a_dead_leader_left_open(world: World, landed: bool) -> None:
+    with ExitStack() as stack:
+        cluster = Cluster(world, stack)
+        poll(lambda: cluster.heartbeats() == set(NAMES), 30, "three instances up")
+        poll(lambda: views_of(cluster, "a") == dict.fromkeys(NAMES, "up"), 15, "a up everywhere")
+        leader = cluster.leader()
+        assert leader is not None
+        world.convai.hang_next("update")  # held: no answer, nothing applied
+        world.sims["a"].set(Behaviour.REFUSE)
+        poll(lambda: len(world.convai.calls_of("update")) == 1, 20, "update held by Convai")
+        assert switches(cluster.url) == [("intent", "b")]
+        cluster.procs[leader].kill()  # between intent and confirmation
+        cluster.procs[leader].wait(timeout=10)
+        if landed:
+            # The update reached Convai but its answer died with the leader.
+            world.update_behind_our_back("b")
+        before = world.updates()
+        poll(
+            lambda: any(s == "confirmed" for s, _ in switches(cluster.url)),
+            20,
+            "the new leader closes the switch",
+        )
+        time.sleep(2 * TTL)  # a double switch would show up within a few ticks
+        successor = cluster.leader()
+        assert successor not in (None, leader)
+        statuses = switches(cluster.url)
+        # Read from Convai's list, as a restart does: applied, or abandoned and redone.
+        assert statuses[0] == ("confirmed" if landed else "abandoned", "b")
+        assert [s for s in statuses if s[0] == "confirmed"] == [("confirmed", "b")]
+        assert on(world, "b")
+        assert world.updates() - before == (0 if landed else 1)
+
+
 def test_a_paused_leader_completes_no_switch(world: World) -> None:
     with ExitStack() as stack:
         cluster = Cluster(world, stack)
@@ -281,6 +324,9 @@ def status_of(cluster: Cluster) -> dict[str, Any]:
 
 
 def test_one_vantages_bad_path_switches_nothing_a_majority_does(world: World) -> None:
+    # A vote is fresh for two intervals: 2 s here, so a loaded machine does not make the
+    # followers' views stale and leave the leader's alone to count.
+    world.policy = {**world.policy, "interval": 1.0}
     with ExitStack() as stack:
         cluster = Cluster(world, stack)
         poll(lambda: cluster.heartbeats() == set(NAMES), 30, "three instances up")
@@ -331,6 +377,7 @@ def test_one_vantages_bad_path_switches_nothing_a_majority_does(world: World) ->
 
 def test_an_isolated_vantage_is_not_counted(world: World) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
+    world.policy = {**world.policy, "interval": 1.0}  # fresh for 2 s, as above
     with ExitStack() as stack:
         # north reaches neither Convai (nothing listens at its Convai URL) nor, soon, the
         # endpoints; it starts last so that it is not the first leader.

@@ -515,6 +515,10 @@ def test_flaky_fails_about_the_given_share() -> None:
     assert 35 <= failures <= 85
 
 
+def agent(instance: str) -> dict[str, str]:
+    return {"User-Agent": f"convai-monitor/9.9.9 (instance {instance})"}
+
+
 def test_standalone_sim_takes_behaviour_changes_on_stdin() -> None:
     command = [sys.executable, "-m", "monitor.sim.openai", "--model", "m"]
     pipe = subprocess.PIPE
@@ -537,15 +541,25 @@ def test_standalone_sim_takes_behaviour_changes_on_stdin() -> None:
             assert proc.stdout.readline().strip() == "ok"
             assert proc.stdout.readline().strip() == "ok"
             assert httpx.post(url, json=body).status_code == 503
+            # One monitor instance's path fails, the others' do not.
+            proc.stdin.write("for east http_503\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "ok"
+            proc.stdin.write("set ok\nflaky 0\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "ok"
+            assert proc.stdout.readline().strip() == "ok"
+            assert httpx.post(url, json=body, headers=agent("east")).status_code == 503
+            assert httpx.post(url, json=body, headers=agent("west")).status_code == 200
+            proc.stdin.write("for east -\n")
+            proc.stdin.flush()
+            assert proc.stdout.readline().strip() == "ok"
+            assert httpx.post(url, json=body, headers=agent("east")).status_code == 200
             proc.stdin.write("explode now\n")
             proc.stdin.flush()
             assert proc.stdout.readline().startswith("error:")
         finally:
             proc.terminate()
-
-
-def agent(instance: str) -> dict[str, str]:
-    return {"User-Agent": f"convai-monitor/9.9.9 (instance {instance})"}
 
 
 def test_set_for_fails_one_monitor_instance_only(sim: EndpointSim, client: httpx.Client) -> None:
@@ -594,25 +608,3 @@ def test_set_for_releases_a_hanging_request(sim: EndpointSim) -> None:
     assert time.monotonic() - started < 5
     assert errors
     assert isinstance(errors[0], httpx.RemoteProtocolError)
-
-
-def test_standalone_sim_fails_one_instance_on_stdin() -> None:
-    command = [sys.executable, "-m", "monitor.sim.openai", "--model", "m"]
-    pipe = subprocess.PIPE
-    with subprocess.Popen(command, stdin=pipe, stdout=pipe, text=True) as proc:
-        assert proc.stdin is not None
-        assert proc.stdout is not None
-        try:
-            url = f"{proc.stdout.readline().strip()}/v1/chat/completions"
-            body = {"model": "m", "messages": [{"role": "user", "content": "hi"}]}
-            proc.stdin.write("for east http_503\n")
-            proc.stdin.flush()
-            assert proc.stdout.readline().strip() == "ok"
-            assert httpx.post(url, json=body, headers=agent("east")).status_code == 503
-            assert httpx.post(url, json=body, headers=agent("west")).status_code == 200
-            proc.stdin.write("for east -\n")
-            proc.stdin.flush()
-            assert proc.stdout.readline().strip() == "ok"
-            assert httpx.post(url, json=body, headers=agent("east")).status_code == 200
-        finally:
-            proc.terminate()
