@@ -111,31 +111,23 @@ def start_server(delay: float, cpus: set[int] | None) -> tuple[subprocess.Popen[
     """Start the simulated endpoint server; return the process and its origin."""
     command = [sys.executable, "-m", "monitor.sim.openai", "--port", "0"]
     command += ["--delay", str(delay), "--model", MODEL]
-    mine = os.sched_getaffinity(0) if cpus is not None else None
-    if cpus is not None:
-        # A child inherits the affinity of the thread that forks it, and so do the threads
-        # it starts later; setting it on the child's pid afterwards would miss those.
-        os.sched_setaffinity(0, cpus)
+    # Closing stdin tells the sim to stop.
+    process = spawn(command, cpus, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
     try:
-        process = subprocess.Popen(
-            command,
-            stdin=subprocess.PIPE,  # closing it tells the sim to stop
-            stdout=subprocess.PIPE,
-            text=True,
-        )
-    finally:
-        if mine is not None:
-            os.sched_setaffinity(0, mine)
-    try:
-        assert process.stdout is not None
-        ready, _, _ = select.select([process.stdout], [], [], SERVER_START_TIMEOUT)
-        line = process.stdout.readline().strip() if ready else ""
-        if not line.startswith("http://"):
-            raise RuntimeError(f"the sim server did not start (first line: {line!r})")
+        return process, first_url(process, "the sim server")
     except BaseException:
         stop_server(process)
         raise
-    return process, line
+
+
+def first_url(process: subprocess.Popen[str], what: str) -> str:
+    """A simulator's first stdout line: the origin it serves on."""
+    assert process.stdout is not None
+    ready, _, _ = select.select([process.stdout], [], [], SERVER_START_TIMEOUT)
+    line = process.stdout.readline().strip() if ready else ""
+    if not line.startswith("http://"):
+        raise RuntimeError(f"{what} did not start (first line: {line!r})")
+    return line
 
 
 def stop_server(process: subprocess.Popen[str]) -> None:
@@ -423,13 +415,11 @@ def free_port() -> int:
 def start_convai(cpus: set[int] | None) -> tuple[subprocess.Popen[str], str]:
     command = [sys.executable, "-m", "monitor.sim.convai", "--port", "0"]
     process = spawn(command, cpus, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
-    assert process.stdout is not None
-    ready, _, _ = select.select([process.stdout], [], [], SERVER_START_TIMEOUT)
-    line = process.stdout.readline().strip() if ready else ""
-    if not line.startswith("http://"):
+    try:
+        return process, first_url(process, "the Convai sim")
+    except BaseException:
         stop_process(process)
-        raise RuntimeError(f"the Convai sim did not start (first line: {line!r})")
-    return process, line
+        raise
 
 
 def daemon_config(

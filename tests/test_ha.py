@@ -9,7 +9,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -24,7 +24,7 @@ from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.sim.postgres import LocalPostgres, PostgresUnavailable
 from monitor.sim.receiver import AlertReceiver
 from monitor.store import Store
-from monitor.store.lease import Leases
+from monitor.store.lease import Instance, Lease, Leases
 from monitor.store.switching import SwitchLog
 from monitor.store.tables import ResultRow
 from tests.conftest import write_config
@@ -56,6 +56,15 @@ def world(
     return w
 
 
+@contextmanager
+def opened(url: str) -> Iterator[Store]:
+    store = Store(url)
+    try:
+        yield store
+    finally:
+        store.close()
+
+
 class Cluster:
     """`convai-monitor run` processes, one per instance name, on one database."""
 
@@ -78,9 +87,8 @@ class Cluster:
         self.data: dict[str, Any] = yaml.safe_load(base.read_text())
         # Schema first, so the test can read the lease while the daemons start (they
         # would migrate it themselves, once, under the advisory lock).
-        store = Store(self.url)
-        store.migrate()
-        store.close()
+        with opened(self.url) as store:
+            store.migrate()
         for name in names:
             self.add(name)
 
@@ -120,29 +128,19 @@ class Cluster:
             proc.kill()
         proc.wait(timeout=10)
 
+    def _lease(self) -> tuple[Lease, list[Instance]]:
+        with opened(self.url) as store:
+            return Leases(store).read()
+
     def leader(self) -> str | None:
-        store = Store(self.url)
-        try:
-            lease, _ = Leases(store).read()
-        finally:
-            store.close()
+        lease, _ = self._lease()
         return lease.holder if lease.live else None
 
     def isolated(self) -> set[str]:
-        store = Store(self.url)
-        try:
-            _, instances = Leases(store).read()
-        finally:
-            store.close()
-        return {i.name for i in instances if i.isolated}
+        return {i.name for i in self._lease()[1] if i.isolated}
 
     def heartbeats(self) -> set[str]:
-        store = Store(self.url)
-        try:
-            _, instances = Leases(store).read()
-        finally:
-            store.close()
-        return {i.name for i in instances}
+        return {i.name for i in self._lease()[1]}
 
 
 def pages(receiver: AlertReceiver) -> list[str]:
@@ -237,11 +235,8 @@ def test_kill_9_of_the_leader_another_completes_the_failback(world: World) -> No
 
 
 def switches(url: str) -> list[tuple[str, str]]:
-    store = Store(url)
-    try:
+    with opened(url) as store:
         return [(s.status, s.to_endpoint) for s in SwitchLog(store).switches(GROUP)]
-    finally:
-        store.close()
 
 
 @pytest.mark.parametrize("landed", [False, True])
@@ -304,11 +299,8 @@ def test_a_paused_leader_completes_no_switch(world: World) -> None:
 
 def views_of(cluster: Cluster, endpoint: str) -> dict[str, str]:
     """Each vantage's stored view of one endpoint of the group."""
-    store = Store(cluster.url)
-    try:
+    with opened(cluster.url) as store:
         seen = store.vantage_health().get(("my-turbo", endpoint), {})
-    finally:
-        store.close()
     return {name: state.health.value for name, state in seen.items()}
 
 
@@ -375,6 +367,36 @@ def test_one_vantages_bad_path_switches_nothing_a_majority_does(world: World) ->
         assert "switch_started" in cluster.logs[leader].read_text()
 
 
+def events(cluster: Cluster) -> list[str]:
+    with opened(cluster.url) as store:
+        return [e.kind for e in SwitchLog(store).history(None, 0)]
+
+
+def test_a_standby_down_on_one_vantages_path_pages_nobody(world: World) -> None:
+    world.policy = {**world.policy, "interval": 1.0}  # fresh for 2 s, as above
+    with ExitStack() as stack:
+        cluster = Cluster(world, stack)
+        poll(lambda: cluster.heartbeats() == set(NAMES), 30, "three instances up")
+        poll(lambda: views_of(cluster, "b") == dict.fromkeys(NAMES, "up"), 15, "b up everywhere")
+        leader = cluster.leader()
+        assert leader is not None
+        # The leader's own path to the fallback breaks; the other two see it serve.
+        world.sims["b"].set_for(leader, Behaviour.HTTP_503)
+        poll(lambda: views_of(cluster, "b").get(leader) == "down", 15, "the leader's view")
+        time.sleep(6 * INTERVAL)
+        assert "endpoint_down" not in events(cluster)
+        world.sims["b"].set_for(leader, None)
+        poll(lambda: views_of(cluster, "b").get(leader) == "up", 15, "the leader's view back")
+        time.sleep(4 * INTERVAL)
+        assert not {"endpoint_down", "endpoint_up"} & set(events(cluster))
+        # The fallback really breaks, for everybody: on-call hears of it, once.
+        world.sims["b"].set(Behaviour.HTTP_503)
+        poll(lambda: "endpoint_down" in events(cluster), 20, "the notice about b")
+        time.sleep(4 * INTERVAL)
+        assert events(cluster).count("endpoint_down") == 1
+        assert world.updates() == 0
+
+
 def test_an_isolated_vantage_is_not_counted(world: World) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     world.policy = {**world.policy, "interval": 1.0}  # fresh for 2 s, as above
@@ -432,17 +454,13 @@ def test_an_isolated_vantage_is_not_counted(world: World) -> None:
 
 def results_between(url: str, start: float, end: float) -> dict[str, int]:
     """Probe results stored per vantage, probed between two times."""
-    store = Store(url)
-    try:
-        with store.session() as session:
-            rows = session.execute(
-                select(ResultRow.vantage, func.count())
-                .where(ResultRow.at > start, ResultRow.at < end)
-                .group_by(ResultRow.vantage)
-            )
-            return {str(v): int(n) for v, n in rows}
-    finally:
-        store.close()
+    with opened(url) as store, store.session() as session:
+        rows = session.execute(
+            select(ResultRow.vantage, func.count())
+            .where(ResultRow.at > start, ResultRow.at < end)
+            .group_by(ResultRow.vantage)
+        )
+        return {str(v): int(n) for v, n in rows}
 
 
 def test_database_outage_switches_nothing_and_loses_no_results(

@@ -29,7 +29,7 @@ from monitor.runtime.act import Actor
 from monitor.runtime.context import Context
 from monitor.runtime.evidence import Evidence, Isolation
 from monitor.runtime.monitor import thresholds
-from monitor.runtime.notices import Notices
+from monitor.runtime.notices import Notice, Notices
 from monitor.runtime.switcher import Switcher
 from monitor.runtime.sync import Sync, same_url
 from monitor.runtime.vantages import Vantages
@@ -56,6 +56,8 @@ class Evaluator:
         # Groups paged all-down before Convai was first read (no group record to hold the
         # condition yet).
         self.unsynced_down: set[str] = set()
+        # Standby-down notices seen on our own path, waiting for the quorum to agree.
+        self.held: dict[EndpointKey, Notice] = {}
         self.actor = Actor(ctx, switcher, self.evidence, sync)
         monitor = ctx.monitor
         self.notices = Notices(monitor.targets, monitor.states, self.beliefs.active.get)
@@ -71,10 +73,40 @@ class Evaluator:
         if not self.ctx.leading():
             return  # the leader records notices and evaluates; three copies page once
         notice = self.notices.notice(target, result, transition)
+        if notice is not None and notice[0] == "endpoint_down" and self.vantages.others(key):
+            # A standby down on our own path only: held until the quorum agrees (see
+            # `_release`), so one vantage's bad path pages nobody.
+            self.held[key] = notice
+            notice = None
+        elif notice is not None and notice[0] == "endpoint_up" and key in self.held:
+            del self.held[key]
+            notice = None  # back before its down was ever sent: nothing to tell
         if notice is not None:
             self.ctx.background(self.beliefs.note(target.group, *notice), f"note:{target.group}")
         if transition is not None:
             self.spawn(target.group)
+
+    def _release(self, now: float) -> None:
+        """Held standby-down notices: sent once the quorum sees the endpoint down too,
+        forgotten once our own view of it is no longer down."""
+        for key, notice in list(self.held.items()):
+            state = self.ctx.monitor.states.get(key, HealthState())
+            target = self.ctx.monitor.targets.get(key)
+            if state.health is not Health.DOWN or target is None:
+                del self.held[key]
+                self.notices.forget_down(key)  # never paged: no "up again" either
+                continue
+            verdict = self.vantages.tally(
+                key,
+                state,
+                now,
+                2 * target.policy.interval,
+                self.ctx.config.ha.quorum,
+                own_isolated=self.isolation.isolated,
+            )
+            if verdict is None or verdict.health is Health.DOWN:
+                del self.held[key]
+                self.ctx.background(self.beliefs.note(key[0], *notice), f"note:{key[0]}")
 
     def spawn(self, group: str) -> None:
         """Evaluate a group soon, without making the caller (a probe) wait."""
@@ -87,6 +119,7 @@ class Evaluator:
         sync, now = self.sync, time.time()
         # The other vantages' views, read once for every group this tick decides.
         await self.vantages.refresh()
+        self._release(now)
         retry = not sync.reconciled or not sync.convai_reachable
         if retry and now - sync.last_attempt >= CONVAI_RETRY and not sync.busy:
             # In the background: a Convai that does not answer costs a sync its whole

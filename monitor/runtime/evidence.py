@@ -98,6 +98,10 @@ class Isolation:
         try:
             await self.ctx.convai.list_models()
         except ConvaiUnreachable:
+            if not self.cut_off():
+                # Something answered while Convai was being asked (its retries take a
+                # while): not cut off after all.
+                return self.leave()
             if not self.isolated:
                 log.error(
                     "vantage_isolated",

@@ -81,6 +81,10 @@ class Notices:
             return ("endpoint_up", text, details)
         return None
 
+    def forget_down(self, key: EndpointKey) -> None:
+        """A down notice that was never sent: no "up again" notice follows it."""
+        self._down_noticed.discard(key)
+
     def _down_text(self, target: Target, result: ProbeResult) -> str:
         if result.outcome is Outcome.MODEL_NOT_FOUND:
             return (

@@ -70,6 +70,10 @@ class Vantages:
                         self._shown[(group, endpoint, name)] = state.health
                         self.metrics.vantage_health(group, endpoint, name, state.health)
 
+    def others(self, key: EndpointKey) -> bool:
+        """Whether another vantage has a view of this endpoint (several instances)."""
+        return bool(self.views.get(key))
+
     def tally(
         self,
         key: EndpointKey,
