@@ -224,6 +224,9 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             # six intervals): the same number of probes per window as in production, so
             # the rate rule sees blips exactly as it would there.
             "failure_rate": {"window": 6 * args.blip_interval},
+            # Scaled like the rest (2 s at a 10 s interval), so learned deadlines apply
+            # here too: at the built-in 2 s the floor would exceed this run's timeout.
+            "deadline_floor": args.blip_interval * args.blip_deadline_share,
         },
         "groups": groups,
     }
@@ -233,9 +236,10 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     store = open_store(config)
     daemon = Daemon(config, store)
     seen: Counter[str] = Counter()
+    causes: Counter[str] = Counter()
     verdicts = 0
 
-    async def count(target: Any, result: Any, _state: Any, transition: Any) -> None:
+    async def count(target: Any, result: Any, state: Any, transition: Any) -> None:
         nonlocal verdicts
         if target.endpoint == "primary":
             seen[result.outcome.value] += 1
@@ -243,6 +247,7 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
             # these would have been a switch. Measured, not computed.
             if transition is not None and transition.after is Health.DOWN:
                 verdicts += 1
+                causes[str(state.cause)] += 1
 
     task = asyncio.create_task(daemon.run())
     started = time.monotonic()
@@ -256,6 +261,12 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
                 raise RuntimeError("the daemon stopped early")
             await asyncio.sleep(0.1)
         missed = daemon.monitor.counters.missed
+        # The deadlines the primaries ended on: learned (below `timeout`) or not.
+        deadlines = [
+            daemon.monitor.deadline(t, time.time())
+            for k, t in daemon.monitor.targets.items()
+            if k[1] == "primary"
+        ]
     finally:
         daemon.request_stop()
         await asyncio.wait_for(task, 30)
@@ -277,7 +288,9 @@ async def blips(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "outcomes": dict(seen),
         "switches": switches,
         "missed_runs": missed,
+        "deadline_at_end_s": [round(min(deadlines), 3), round(max(deadlines), 3)],
         "down_verdicts": verdicts,
+        "down_causes": dict(causes),
         "arithmetic_down_verdicts": round(expected, 2),
         "seconds": round(time.monotonic() - started, 1),
     }
@@ -628,6 +641,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--blip-groups", type=int, default=20)
     parser.add_argument("--blip-rate", type=float, default=0.05)
     parser.add_argument("--blip-interval", type=float, default=2.5)
+    parser.add_argument(
+        "--blip-deadline-share",
+        type=float,
+        default=0.2,
+        help="deadline_floor of the blip run, as a share of its interval",
+    )
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--skip-blips", action="store_true")
     parser.add_argument("--runs", type=int, default=20, help="groups in the window scenarios")
@@ -734,7 +753,11 @@ def main(argv: list[str] | None = None) -> int:
         print(
             f"blips: {b['primary_probes']} primary probes at {b['failure_rate']:.0%} random "
             f"failures (observed {b['observed_failure_rate']:.2%}, {b['missed_runs']} missed "
-            f"runs, interval {args.blip_interval:g}s) -> {b['down_verdicts']} down verdicts "
+            f"runs, interval {args.blip_interval:g}s, deadline_floor "
+            f"{args.blip_interval * args.blip_deadline_share:g}s, "
+            f"{b['outcomes'].get('timeout', 0)} timeouts, deadlines at the end "
+            f"{b['deadline_at_end_s'][0]}-{b['deadline_at_end_s'][1]}s) -> "
+            f"{b['down_verdicts']} down verdicts {b['down_causes']} "
             f"(independent-draw arithmetic: ~{b['arithmetic_down_verdicts']}), each a switch "
             f"without the re-probe -> {b['switches']} switches"
             f"  [target 0: {'met' if b['switches'] == 0 else 'NOT met'}]"

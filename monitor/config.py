@@ -179,7 +179,9 @@ class Policy(Strict):
 
     @model_validator(mode="after")
     def _cadence(self) -> Policy:
-        problem = cadence_problem(self.interval, self.fast_interval, self.timeout)
+        problem = cadence_problem(
+            self.interval, self.fast_interval, self.timeout, self.deadline_floor
+        )
         if problem:
             raise ValueError(problem)
         if "errors" not in self.failover_on:
@@ -189,9 +191,15 @@ class Policy(Strict):
         return self
 
 
-def cadence_problem(interval: float, fast_interval: float, timeout: float) -> str | None:
-    if timeout >= interval:
-        return "timeout must be shorter than interval"
+def cadence_problem(
+    interval: float, fast_interval: float, timeout: float, deadline_floor: float
+) -> str | None:
+    # `timeout` may be longer than `interval`: once an endpoint has history a probe is
+    # failed at its learned deadline and the next one starts then, while the request
+    # waits on for its answer. min(floor, timeout) is the shortest that deadline can be;
+    # at or past the interval every probe of a hang would overrun its slot.
+    if min(timeout, deadline_floor) >= interval:
+        return "timeout or deadline_floor must be shorter than interval"
     if fast_interval > interval:
         return "fast_interval must not be longer than interval"
     return None
@@ -535,13 +543,13 @@ def _cadence_of(policy: Any) -> str | None:
         return None
     base = Policy()
     try:
-        interval, fast, timeout = (
+        interval, fast, timeout, floor = (
             parse_duration(policy[k]) if k in policy else getattr(base, k)
-            for k in ("interval", "fast_interval", "timeout")
+            for k in ("interval", "fast_interval", "timeout", "deadline_floor")
         )
     except (ValueError, TypeError):
         return None  # the bad duration itself is reported at its own path
-    return cadence_problem(interval, fast, timeout)
+    return cadence_problem(interval, fast, timeout, floor)
 
 
 def _cross_checks(data: dict[str, Any], own_keys: dict[int, set[str]]) -> list[str]:

@@ -121,8 +121,15 @@ def test_group_override_errors_point_at_the_group() -> None:
 
 
 def test_cross_field_rules() -> None:
-    text = GOOD.replace("    fall: 5\n", "    interval: 10s\n    timeout: 20s\n")
-    assert problems(text) == ["groups[0]: timeout must be shorter than interval"]
+    text = GOOD.replace(
+        "    fall: 5\n", "    interval: 10s\n    timeout: 20s\n    deadline_floor: 10s\n"
+    )
+    assert problems(text) == ["groups[0]: timeout or deadline_floor must be shorter than interval"]
+    # A timeout past the interval is fine: a hang is failed at its learned deadline.
+    longer = parse_config(
+        GOOD.replace("    fall: 5\n", "    interval: 10s\n    timeout: 15s\n"), env=ENV
+    )
+    assert (longer.groups[0].policy.interval, longer.groups[0].policy.timeout) == (10.0, 15.0)
 
 
 def test_duplicate_names_and_urls() -> None:
@@ -220,15 +227,18 @@ def test_normalize_url(a: str, b: str) -> None:
 
 
 def test_cross_field_rules_come_with_every_other_problem() -> None:
-    # An unknown key, a bad URL, timeout >= interval and duplicate names: one run says all.
-    text = GOOD.replace("  timeout: 15s\n", "  timeout: 40s\n  colour: blue\n")
+    # An unknown key, a bad URL, timeout and deadline_floor >= interval and duplicate
+    # names: one run says all.
+    text = GOOD.replace(
+        "  timeout: 15s\n", "  timeout: 40s\n  deadline_floor: 40s\n  colour: blue\n"
+    )
     text = text.replace("name: openai", "name: vllm")
     text = text.replace("https://api.openai.com/v1", "nope")
     text += text.split("groups:\n", 1)[1]
     found = problems(text)
     assert "defaults.colour: unknown key" in found
     assert "groups[0].endpoints[1].base_url: not a URL (expected http:// or https://)" in found
-    assert "defaults: timeout must be shorter than interval" in found
+    assert "defaults: timeout or deadline_floor must be shorter than interval" in found
     assert "groups[0]: endpoint names must be unique: vllm" in found
     assert "<root>: model_group_name must be unique: my-turbo" in found
     assert len(found) == len(set(found))

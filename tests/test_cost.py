@@ -6,6 +6,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import threading
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -17,8 +19,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from monitor.app import open_store
 from monitor.cli import main
 from monitor.config import load_config
+from monitor.domain.health import HealthState
+from monitor.domain.outcome import Outcome, ProbeResult
+from monitor.runtime.recorder import Recorder
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import EndpointSim
+from monitor.store import Store
 from tests.harness import GROUP, World, cli_json, make_world, running, wait_for
 
 Factory = Callable[..., EndpointSim]
@@ -48,15 +54,16 @@ async def test_status_and_metrics_show_what_probes_cost(world: World) -> None:
     config = load_config(path)
     async with running(config) as daemon:
         await wait_for(lambda: world.sims["a"].requests >= 6, what="probes of a")
-        metrics = daemon.metrics.render().decode()
-        exported = {
-            (s.labels["endpoint"], s.labels["kind"]): s.value
-            for f in text_string_to_metric_families(metrics)
-            for s in f.samples
-            if s.name == "convai_monitor_probe_tokens_total" and s.labels["group"] == GROUP
-        }
         counted = daemon.monitor.counters.probes if daemon.monitor else 0
         assert counted > 0
+    # Read once the daemon has stopped: every probe it counted is in the store by then.
+    metrics = daemon.metrics.render().decode()
+    exported = {
+        (s.labels["endpoint"], s.labels["kind"]): s.value
+        for f in text_string_to_metric_families(metrics)
+        for s in f.samples
+        if s.name == "convai_monitor_probe_tokens_total" and s.labels["group"] == GROUP
+    }
     # Exit 1: the daemon has stopped (status says so); the report is whole.
     status: dict[str, Any] = await asyncio.to_thread(
         lambda: cli_json("status", "-c", str(path), codes=(0, 1))
@@ -70,9 +77,9 @@ async def test_status_and_metrics_show_what_probes_cost(world: World) -> None:
         assert usage["tokens"] == usage["prompt_tokens"] + usage["completion_tokens"]
         assert usage["probes"] >= 2
         assert usage["tokens_per_month"] == 30 * tokens
-        # The counter is fed by the same probes (read while running, so not the same total).
-        assert exported[(name, "prompt")] > 0
-        assert exported[(name, "completion")] > 0
+        # The counter and the store saw the same probes, to the token.
+        assert exported[(name, "prompt")] == usage["prompt_tokens"]
+        assert exported[(name, "completion")] == usage["completion_tokens"]
     a, b = endpoints["a"]["usage_24h"], endpoints["b"]["usage_24h"]
     assert a["cost_per_month"] == round(a["tokens_per_month"] / 1000 * 0.5, 2)
     assert a["cost"] == round(a["tokens"] / 1000 * 0.5, 4)
@@ -88,3 +95,37 @@ async def test_status_and_metrics_show_what_probes_cost(world: World) -> None:
     row_a = next(line for line in lines[lines.index(header) :] if line.split()[1:2] == ["a"])
     assert f"{a['tokens_per_month']:,}" in row_a
     assert f"{a['cost_per_month']:,.2f}" in row_a
+
+
+async def test_a_batch_being_written_at_shutdown_is_kept(tmp_path: Path) -> None:
+    # The counter on /metrics once said 84 tokens where the store said 70: closing the
+    # recorder cancelled its flush while that flush's batch (already taken from the
+    # buffer) waited behind other work on the writer thread, and the batch was dropped.
+    store = Store(f"sqlite:///{tmp_path / 'r.db'}")
+    store.migrate()
+    eid = store.sync_endpoints([(GROUP, "a", "http://127.0.0.1:1/v1")])[(GROUP, "a")]
+    recorder = Recorder(store, flush_interval=0.01)
+    busy = threading.Event()
+    blocker = asyncio.ensure_future(recorder.call(busy.wait, 5))  # the writer is busy
+    recorder.start()
+    probe = ProbeResult(
+        at=time.time(),
+        group=GROUP,
+        endpoint="a",
+        outcome=Outcome.OK,
+        latency_ms=5.0,
+        http_status=200,
+        prompt_tokens=12,
+        completion_tokens=2,
+    )
+    recorder.add(eid, probe, HealthState())
+    await asyncio.sleep(0.1)  # the flush took the batch and waits for the writer thread
+    closing = asyncio.ensure_future(recorder.close())
+    await asyncio.sleep(0.05)
+    busy.set()
+    await asyncio.gather(blocker, closing)
+    try:
+        assert store.usage(eid, 0, 2e9).tokens == 14
+        assert recorder.written == 1
+    finally:
+        store.close()

@@ -12,6 +12,7 @@ from monitor.domain.deadline import (
     deadline,
     late_verdict,
 )
+from monitor.domain.health import HealthState, Sample, withdraw
 from monitor.domain.outcome import Outcome, Verdict
 
 RULE = DeadlineRule(floor=2.0, factor=4.0, timeout=15.0)
@@ -74,3 +75,13 @@ def test_window_is_bounded() -> None:
     assert samples == MAX_SAMPLES
     assert window.ordered[0] == 10.0  # the oldest went first
     assert p99 is not None
+
+
+def test_a_late_answer_takes_its_miss_back_from_the_window() -> None:
+    state = HealthState(
+        samples=(Sample(1.0, False, 20.0), Sample(2.0, True, None), Sample(3.0, True, None))
+    )
+    assert withdraw(state, 2.0).samples == (Sample(1.0, False, 20.0), Sample(3.0, True, None))
+    # Only a failure, and only the one judged at that moment.
+    assert withdraw(state, 1.0) is state
+    assert withdraw(state, 2.5) is state

@@ -188,3 +188,98 @@ async def test_a_new_endpoint_waits_out_the_timeout(world: World) -> None:
     details = [detail for _, detail in failures(config, "a")]
     assert details
     assert all("learned deadline" not in (d or "") for d in details)
+
+
+async def test_one_late_request_per_endpoint(world: World) -> None:
+    """A hang re-probed at the fast cadence, each probe failed at its 0.2 s deadline, with
+    a 3 s `timeout`: without the cap some ten requests would wait at once, each holding a
+    probe slot. The endpoint itself sees at most the late one and the current one (a
+    third only while a cancelled one is being hung up). fall 20 keeps it re-probed fast
+    for longer than a `timeout`."""
+    config = world.config(fall=20)
+    seed(world, config, {"a": 20.0, "b": 20.0, "c": 20.0})
+    a = world.sims["a"]
+    async with running(config) as daemon:
+        monitor = daemon.monitor
+        assert monitor is not None
+        await all_up(daemon)
+        a.set(Behaviour.HANG)
+        seen = a.requests
+        await wait_for(lambda: a.requests >= seen + 12, limit=20, what="fast probes of the hang")
+        assert monitor.states[(GROUP, "a")].failures >= 10
+    # Two at once at least (the late one and the current one): the count is real.
+    assert 2 <= a.held_peak <= 3
+    # Every one of them a failure at the deadline, none waited out.
+    kinds = failures(config, "a")
+    assert all("learned deadline 0.2s" in (detail or "") for _, detail in kinds)
+
+
+def streaming(world: World) -> Config:
+    world.policy["stream"] = True
+    return world.config()
+
+
+async def test_a_stream_whose_first_chunk_never_comes_is_failed_at_the_deadline(
+    world: World,
+) -> None:
+    """The answer's headers come at once (200, text/event-stream), the first token never
+    does: what a character waits for is the first chunk, so that is what the learned
+    deadline measures."""
+    config = streaming(world)
+    seed(world, config, {"a": 20.0, "b": 20.0, "c": 20.0})
+    a, b = world.sims["a"], world.sims["b"]
+    async with running(config) as daemon:
+        assert daemon.monitor is not None
+        await all_up(daemon)
+        a.first_chunk_delay = 30.0
+        await wait_for(
+            lambda: world.registered()["base_url"] == b.base_url, limit=15, what="failover"
+        )
+    kinds = failures(config, "a")
+    assert len(kinds) >= 4
+    assert all(outcome == Outcome.TIMEOUT for outcome, _ in kinds)
+    assert all("learned deadline 0.2s" in (detail or "") for _, detail in kinds)
+
+
+async def test_a_stream_is_judged_by_its_first_chunk_not_its_end(world: World) -> None:
+    """a's first token comes in 20 ms, the rest of its answer over the next 2 s (ten times
+    its 0.2 s deadline): a character is already reading, so a stays up, with the time to
+    first token as its latency. b's first token takes 0.5 s where it used to take 20 ms:
+    slower but answering within `timeout`, so its late answers are successes and it stays
+    up too. No switch."""
+    config = streaming(world)
+    seed(world, config, {"a": 20.0, "b": 20.0, "c": 20.0})
+    a, b = world.sims["a"], world.sims["b"]
+    async with running(config) as daemon:
+        monitor = daemon.monitor
+        assert monitor is not None
+        await all_up(daemon)
+        a.first_chunk_delay, a.chunk_delay = 0.02, 1.0
+        b.first_chunk_delay = 0.5
+        up_since = {name: monitor.states[(GROUP, name)].since for name in ("a", "b")}
+        seen_a, seen_b = a.requests, b.requests
+        await wait_for(
+            # Past the misses and the late answers, and a couple of probes on.
+            lambda: a.requests >= seen_a + 3 and b.requests >= seen_b + 6,
+            limit=30,
+            what="paced streams probed",
+        )
+        for name in ("a", "b"):
+            # Up all along: not down and back, which would move `since`.
+            assert monitor.states[(GROUP, name)].health.value == "up"
+            assert monitor.states[(GROUP, name)].since == up_since[name]
+        # b's late answers (0.5 s) raised its deadline to about 4 x 0.5 s.
+        target = monitor.targets[(GROUP, "b")]
+        assert monitor.deadline(target, time.time()) == pytest.approx(2.0, abs=0.4)
+    assert world.updates() == 0
+    assert failures(config, "a") == []
+    store = open_store(config, migrate=False)
+    try:
+        latest = store.recent_results(store.endpoint_ids()[(GROUP, "a")], 3)
+    finally:
+        store.close()
+    assert all(r.ok and r.latency_ms is not None and r.latency_ms < 500 for r in latest)
+    # b missed its old 0.2 s deadline only until the first late answer raised it: the
+    # probes already sent by then (at most three at a 0.2 s cadence), each taken back from
+    # the failure-rate window when its answer came (else 3 of ~10 probes is 30%: down).
+    assert 1 <= len(failures(config, "b")) <= 3

@@ -291,3 +291,13 @@ def up_for(state: HealthState, now: float) -> float:
     if state.health is not Health.UP or state.since is None:
         return 0.0
     return max(0.0, now - state.since)
+
+
+def withdraw(state: HealthState, failed_at: float) -> HealthState:
+    """Take back the failure judged at `failed_at` from the window: its probe was failed at
+    its learned deadline and has now answered, late but well (see domain.deadline). The
+    streak needs no change (the late success that follows breaks it); without this, the
+    rate rule would count the misses of an endpoint that is only getting slower, and
+    judge it down while every answer still comes within `timeout`."""
+    kept = tuple(s for s in state.samples if not (s.failed and s.at == failed_at))
+    return state if len(kept) == len(state.samples) else replace(state, samples=kept)

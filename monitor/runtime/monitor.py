@@ -34,6 +34,7 @@ from monitor.domain.health import (
     Transition,
     judge,
     wants_fast,
+    withdraw,
 )
 from monitor.domain.outcome import ProbeResult, Verdict
 from monitor.metrics import Metrics
@@ -238,28 +239,35 @@ class Monitor:
         all go through here."""
         limit = self.deadline(target, time.time())
         result, pending = await self.prober.probe_within(target, limit)
-        await self.observe(target, result)
+        state, _transition = await self.observe(target, result)
         if pending is not None:
             key = (target.group, target.endpoint)
-            older = self._pending.pop(key, None)
-            if older is not None:
+            if key in self._pending:
                 # At most one late request per endpoint: each holds a probe slot until
                 # `timeout`, and a few hanging endpoints would otherwise fill every slot
-                # and delay the probes of all the others. The newest one is as likely to
-                # be answered as the older.
-                older.cancel()
+                # and delay the probes of all the others. The older one is kept: it is
+                # the nearest to its answer. (Keeping the newest cancelled every late
+                # request one deadline after the next probe, so an endpoint that got
+                # slower than two deadlines never had its answers counted and went down.)
+                pending.cancel()
+                return result
             self._pending[key] = pending
-            task = asyncio.create_task(self._late_answer(target, pending), name="late-answer")
+            failed_at = state.last_probe_at
+            task = asyncio.create_task(
+                self._late_answer(target, pending, failed_at), name="late-answer"
+            )
             self._late.add(task)
             task.add_done_callback(self._late.discard)
         return result
 
-    async def _late_answer(self, target: Target, pending: asyncio.Task[ProbeResult]) -> None:
+    async def _late_answer(
+        self, target: Target, pending: asyncio.Task[ProbeResult], failed_at: float | None
+    ) -> None:
         key = (target.group, target.endpoint)
         try:
             result = await pending
         except asyncio.CancelledError:
-            return  # a newer request of this endpoint took its place, or shutdown
+            return  # shutdown, or the endpoint was removed
         finally:
             if self._pending.get(key) is pending:
                 del self._pending[key]
@@ -271,7 +279,11 @@ class Monitor:
             endpoint=target.endpoint,
             latency_ms=round(result.latency_ms or 0.0, 1),
         )
-        # Recorded at its arrival, with its real latency (which raises the deadline).
+        # Its miss at the deadline no longer counts against the failure-rate window, and
+        # the answer is recorded at its arrival, with its real latency (which raises the
+        # deadline).
+        if failed_at is not None and key in self.states:
+            self.states[key] = withdraw(self.states[key], failed_at)
         await self.observe(target, replace(result, at=time.time()))
 
     async def _keep_shape(self, key: EndpointKey) -> None:

@@ -37,6 +37,7 @@ class Recorder:
         self._results: list[tuple[int, ProbeResult]] = []
         self._states: dict[int, HealthState] = {}
         self._task: asyncio.Task[None] | None = None
+        self._closing = asyncio.Event()
         # Whether this instance's health is the shared one (it leads; see Store.save).
         self.leading: Callable[[], bool] = lambda: True
         self.written = 0
@@ -90,15 +91,18 @@ class Recorder:
         self._task = asyncio.create_task(self._run(), name="recorder")
 
     async def _run(self) -> None:
-        while True:
-            await asyncio.sleep(self.flush_interval)
+        while not self._closing.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._closing.wait(), self.flush_interval)
             await self.flush()
 
     async def close(self) -> None:
         if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+            # Asked to stop, not cancelled: a flush cancelled while its batch (already
+            # taken from the buffer) waited behind other work on the writer thread lost
+            # that batch, so /metrics counted probes and tokens the store never had.
+            self._closing.set()
+            await self._task
             self._task = None
         await self.flush()
         self._executor.shutdown(wait=True)

@@ -26,7 +26,9 @@ How a chat request is answered, in order:
    gets 400, a wrong `model` gets the 404 `model_not_found`; otherwise the behaviour answers.
 
 `stream: true` is honoured by `OK` (a short server-sent-events answer ending in
-`[DONE]`); every other behaviour answers as it would without it.
+`[DONE]`), paced by `first_chunk_delay` and `chunk_delay` when set; every other behaviour
+answers as it would without it. `held` / `held_peak` count `HANG` requests whose client
+is still waiting (one that closes its connection is let go).
 
 Run standalone (the benchmark does, to keep the simulated endpoints off its own process):
 
@@ -50,7 +52,9 @@ import json
 import os
 import random
 import re
+import select
 import signal
+import socket
 import stat
 import sys
 import threading
@@ -122,6 +126,15 @@ class _Plan:
     stopped: threading.Event  # set when the sim stops
 
 
+def _peer_closed(conn: socket.socket) -> bool:
+    """Whether the client closed its end (readable, with nothing left to read)."""
+    try:
+        readable, _, _ = select.select([conn], [], [], 0)
+        return bool(readable) and conn.recv(1, socket.MSG_PEEK) == b""
+    except OSError:
+        return True
+
+
 class EndpointSim(Running):
     """An OpenAI-compatible chat-completions endpoint on 127.0.0.1 (see the module doc).
 
@@ -151,6 +164,11 @@ class EndpointSim(Running):
         self._flake_rate = 0.0
         self._flake_as = Behaviour.HTTP_500
         self._random = random.Random()
+        # A streamed OK answer's pace: headers at once, the first chunk (the first token)
+        # after `first_chunk_delay` s, each later chunk `chunk_delay` s after the one
+        # before. Both 0: the whole stream in one write, as before.
+        self.first_chunk_delay = 0.0
+        self.chunk_delay = 0.0
         # What CANNED answers: (status, body, content type), e.g. a real server's error.
         self._canned: tuple[int, bytes, str] = (200, b"{}", "application/json")
 
@@ -161,6 +179,9 @@ class EndpointSim(Running):
         # Behaviour by the calling monitor's instance name (see set_for()).
         self._by_instance: dict[str, Behaviour] = {}
         self._requests = 0
+        # HANG requests whose client is still waiting, now and at most at once.
+        self._held = 0
+        self.held_peak = 0
         self._last_request: RecordedRequest | None = None
         self._changed = threading.Event()
         self._stopped = threading.Event()
@@ -268,6 +289,17 @@ class EndpointSim(Running):
             self._script = collections.deque(steps)
 
     # -- inspection ----------------------------------------------------------------------
+
+    @property
+    def held(self) -> int:
+        """HANG requests whose client is still connected and waiting (see held_peak)."""
+        with self._lock:
+            return self._held
+
+    def _hold(self, delta: int) -> None:
+        with self._lock:
+            self._held += delta
+            self.held_peak = max(self.held_peak, self._held)
 
     @property
     def requests(self) -> int:
@@ -388,7 +420,14 @@ class _Handler(JsonHandler):
             self.close_connection = True
             return
         if plan.behaviour is Behaviour.HANG:
-            plan.changed.wait()
+            # Held until released, or until the client gives up and closes: a client that
+            # abandons its requests must not look like one that keeps them all open.
+            sim._hold(1)
+            try:
+                while not plan.changed.wait(0.02) and not _peer_closed(self.connection):
+                    pass
+            finally:
+                sim._hold(-1)
             self.close_connection = True
             return
         if plan.delay > 0 and plan.stopped.wait(plan.delay):
@@ -571,7 +610,25 @@ class _Handler(JsonHandler):
             }
             events.append(f"data: {json.dumps(chunk)}\n\n")
         events.append("data: [DONE]\n\n")
-        self.send_bytes(200, "".join(events).encode(), "text/event-stream")
+        first, later = self.sim.first_chunk_delay, self.sim.chunk_delay
+        if not first and not later:
+            self.send_bytes(200, "".join(events).encode(), "text/event-stream")
+            return
+        # Paced: what a busy model does (the character waits for the first token).
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.end_headers()
+        self.wfile.flush()
+        stopped = self.sim._stopped
+        for index, event in enumerate(events):
+            if stopped.wait(first if index == 0 else later):
+                self.close_connection = True
+                return
+            data = event.encode()
+            self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+            self.wfile.flush()
+        self.wfile.write(b"0\r\n\r\n")
 
     def _endless(self, stopped: threading.Event, model: str) -> None:
         self.send_response(200)
