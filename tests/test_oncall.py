@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -18,9 +19,12 @@ import yaml
 
 import monitor.runtime.monitor as monitor_module
 from monitor.cli import main
+from monitor.domain.health import Health
+from monitor.durations import format_duration
 from monitor.logs import setup_logging
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
+from monitor.sim.receiver import AlertReceiver, Received
 from monitor.state import DAEMON_STALE_AFTER, daemon_liveness
 from tests.conftest import CONVAI_KEY
 from tests.harness import (
@@ -252,3 +256,66 @@ async def test_log_counts_repeats_and_tells_transitions_and_decisions_at_their_l
     assert level("failback_completed") == {"info"}
     assert level("convai_reachable") == {"info"}
     assert level("switch_started") == {"info"}
+
+
+async def test_explain_names_the_doubled_failback_wait_and_agrees_with_the_failback_alert(
+    tmp_path: Path,
+    convai: ConvaiSim,
+    endpoints: Factory,
+    receiver: AlertReceiver,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Two automatic switches within the hour (a -> b, b -> c): the primary must then be
+    up for twice failback_after. `explain` says that wait while it runs, and after the
+    failback the alert's "up for" and explain's agree."""
+    after = 2.0
+    world = make_world(tmp_path, convai, endpoints, names=("a", "b", "c"))
+    world.policy = {"failback_after": after, "min_dwell": 0.1}
+    world.extra = {"alerts": {"targets": [{"url": receiver.url("all"), "min_severity": "info"}]}}
+    path = str(world.config_path())
+    a, b, c = world.sims["a"], world.sims["b"], world.sims["c"]
+
+    def on(sim: EndpointSim) -> bool:
+        return bool(world.registered()["base_url"] == sim.base_url)
+
+    async def explain() -> str:
+        assert await asyncio.to_thread(main, ["explain", "-c", path, GROUP]) == 0
+        return capsys.readouterr().out
+
+    async with running(world.config(), config_path=path) as daemon:
+        assert daemon.monitor is not None
+        states = daemon.monitor.states
+        await settled(world)
+        a.set(Behaviour.REFUSE)
+        await wait_for(lambda: on(b), what="a -> b")
+        b.set(Behaviour.REFUSE)
+        await wait_for(lambda: on(c), what="b -> c")
+        a.set(Behaviour.OK)
+        await wait_for(lambda: states[(GROUP, "a")].health is Health.UP, what="a up")
+        out = await explain()
+        while "a (primary): up" not in out:  # the store has it once the recorder flushed
+            await asyncio.sleep(0.1)
+            out = await explain()
+        assert on(c), "failed back before the doubled wait"
+        assert f"once it has been up for {format_duration(2 * after)} and" in out, out
+        await wait_for(lambda: on(a), limit=15, what="the failback")
+        failback = await wait_for_page(receiver, "failed back; resolved")
+        out = await explain()
+        explained_at = time.time()
+    # The alert: "failback c -> a ...: a has been up for 4s (failback waits 4s)".
+    told = re.search(r"a has been up for (\d+)s \(failback waits (\d+)s\)", failback.message)
+    assert told is not None, failback.message
+    up_then, waited = float(told.group(1)), float(told.group(2))
+    assert waited == 2 * after
+    assert up_then >= waited - 0.5
+    # explain, a moment later: the same up-since, so "up for" has only grown by the moment.
+    shown = re.search(r"a \(primary\): up for ([\d.]+)s", out)
+    assert shown is not None, out
+    up_now = float(shown.group(1))
+    assert up_then - 0.6 <= up_now <= up_then + (explained_at - failback.at) + 1.1
+
+
+async def wait_for_page(receiver: AlertReceiver, headline: str) -> Received:
+    title = f"[RESOLVED] {GROUP}: {headline}"
+    await wait_for(lambda: any(r.title == title for r in receiver.received), what=title)
+    return next(r for r in receiver.received if r.title == title)
