@@ -216,6 +216,15 @@ class ChatProber:
             await self._session.close()
             self._session = None
 
+    @property
+    def max_in_flight(self) -> int:
+        return self._max_in_flight
+
+    @property
+    def saturated(self) -> bool:
+        """Every probe slot is taken: the next probe waits for one."""
+        return self._slots.locked()
+
     def shape(self, target: Target) -> ProbeShape:
         return self.shapes.get((target.group, target.endpoint), ProbeShape())
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import time
 from collections import deque
@@ -54,6 +55,14 @@ STARTUP_SPREAD = 2.0
 STARTUP_RATE = 40.0
 _LAG_SAMPLES = 10_000
 MISSED_LOG_EVERY = 60.0
+# Missed runs are blamed on the CPU when the scheduler noticed the run LATE_LAG seconds or
+# more after its time, or one of the last RECENT_LAGS probes started that late (only a busy
+# loop delays the start of a job), and on
+# the database when a store call has been running SLOW_STORE seconds (a sound one takes
+# milliseconds).
+RECENT_LAGS = 50
+LATE_LAG = 0.5
+SLOW_STORE = 1.0
 # The same failure of an endpoint already down is logged this often, with a count.
 REPEAT_LOG_EVERY = 60.0
 
@@ -126,7 +135,7 @@ class Monitor:
         self._due: dict[str, float] = {}
         self.jobs = Jobs()
         self._shapes_saved: dict[EndpointKey, ProbeShape] = dict(prober.shapes)
-        self._missed_logged_at = -MISSED_LOG_EVERY
+        self._missed_logged_at: dict[str, float] = {}  # cause -> when last logged
         # endpoint -> (last logged failure's outcome and status, when, repeats since)
         self._failing: dict[EndpointKey, tuple[tuple[str, int | None], float, int]] = {}
         # Each endpoint's successful latencies over the last hour (seeded from the store at
@@ -401,38 +410,73 @@ class Monitor:
             job.modify(next_run_time=datetime.fromtimestamp(due, UTC))
 
     def _on_missed(self, event: JobEvent) -> None:
-        # A probe still running when its next run came due (the loop is overloaded, or
-        # an endpoint is slower than its interval). Counted always, logged once a minute:
-        # under overload a line per skip would only make things worse.
+        # A job still running when its next run came due. Counted always; logged once a
+        # minute for each cause (under overload a line per skip would only make things
+        # worse, and one cause must not hide another).
         self.counters.missed += 1
         self.metrics.missed_runs.inc()
+        due = getattr(event, "scheduled_run_times", None) or [
+            getattr(event, "scheduled_run_time", None)
+        ]
+        # How late the scheduler itself woke for the first run it could not start: a loop
+        # blocked for a second wakes it a second late, a long job does not.
+        late = time.time() - due[0].timestamp() if due[0] is not None else 0.0
+        cause, hint = self._missed_hint(event.job_id, late)
         now = time.monotonic()
-        if now - self._missed_logged_at >= MISSED_LOG_EVERY:
+        if now - self._missed_logged_at.get(cause, -MISSED_LOG_EVERY) >= MISSED_LOG_EVERY:
             log.warning(
                 "probe_runs_missed",
                 job=event.job_id,
                 missed_total=self.counters.missed,
-                hint=self._missed_hint(event.job_id),
+                cause=cause,
+                late_s=round(late, 2),
+                hint=hint,
             )
-            self._missed_logged_at = now
+            self._missed_logged_at[cause] = now
 
-    def _missed_hint(self, job_id: str) -> str:
-        """Advice by cause: which job was late says why."""
+    def _missed_hint(self, job_id: str, late: float = 0.0) -> tuple[str, str]:
+        """(cause, advice) from what is slow right now, not from the job's name alone:
+        raising `interval` does nothing for a starved CPU, a slow database or Convai.
+        `late`: how late the scheduler noticed the run was due."""
+        recent = itertools.islice(reversed(self.counters.lags), RECENT_LAGS)
+        lag = max(late, *recent, 0.0)
+        if lag >= LATE_LAG:
+            return (
+                "cpu",
+                f"the event loop runs late (jobs waited up to {lag:.1f}s for the loop): this "
+                "host's CPU is starved; give the daemon more CPU or probe fewer endpoints "
+                "per daemon",
+            )
+        if job_id == "sync":
+            return (
+                "convai",
+                "the sync waits on Convai, which is slow or unreachable (see "
+                "convai_sync_failed); raising interval would not help",
+            )
         if job_id.startswith("probe:"):
+            if self.prober.saturated:
+                return (
+                    "probe_slots",
+                    f"all {self.prober.max_in_flight} probe slots are taken and probes queue "
+                    "for one: raise probes.max_in_flight, or probe fewer endpoints per daemon",
+                )
             target = next((t for k, t in self.targets.items() if _job_id(k) == job_id), None)
             if target is not None and target.policy.timeout >= 0.8 * target.policy.interval:
                 return (
+                    "interval",
                     f"probes of {target.group}/{target.endpoint} can take their whole timeout "
                     f"({target.policy.timeout:g}s) of a {target.policy.interval:g}s interval: "
-                    "lower timeout or raise interval"
+                    "lower timeout or raise interval",
                 )
+            return ("probe", "a probe outlasted its interval: see that endpoint's latency")
+        stalled = self.recorder.busy_for()
+        if stalled >= SLOW_STORE:
             return (
-                "probes wait for a free slot or the event loop is busy: raise "
-                "probes.max_in_flight, or probe fewer endpoints per daemon"
+                "database",
+                f"the {job_id} job waits on the database (a store call has been running "
+                f"{stalled:.1f}s): check the disk or the database server (storage.url)",
             )
-        if job_id == "sync":
-            return "the sync waits on Convai, which is slow or unreachable (convai_sync_failed)"
-        return "the event loop or the database is busy: see the CPU and disk of this host"
+        return ("host", "the event loop or the database is busy: see the CPU and disk of this host")
 
     def _on_error(self, event: JobEvent) -> None:
         self.counters.errors += 1

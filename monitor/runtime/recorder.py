@@ -45,6 +45,7 @@ class Recorder:
         self.dropped = 0  # results given up while the store could not be written
         self._failing = False
         self._failure_logged_at = 0.0
+        self._started: float | None = None  # when the running store call began
 
     def add(self, endpoint_id: int, result: ProbeResult, state: HealthState) -> None:
         self._results.append((endpoint_id, result))
@@ -52,8 +53,22 @@ class Recorder:
 
     async def call(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
         """Run a store function on the writer thread, after what is already queued."""
-        job = functools.partial(fn, *args, **kwargs)
+        job = functools.partial(self._timed, fn, *args, **kwargs)
         return await asyncio.get_running_loop().run_in_executor(self._executor, job)
+
+    def _timed(self, fn: Callable[..., T], *args: object, **kwargs: object) -> T:
+        # On the writer thread: how long the store call under way has been running says
+        # whether the database is what everything waits on (see busy_for).
+        self._started = time.monotonic()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            self._started = None
+
+    def busy_for(self) -> float:
+        """Seconds the store call under way has been running (0 when none is)."""
+        started = self._started
+        return 0.0 if started is None else max(0.0, time.monotonic() - started)
 
     async def flush(self) -> None:
         results, states = self._results, self._states
