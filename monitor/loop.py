@@ -6,13 +6,23 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import sys
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
 T = TypeVar("T")
 
+# How long another thread may hold the GIL before the loop thread gets it back. The
+# default 5 ms is paid on every syscall the loop makes while the HTTP server thread
+# renders /metrics (a few hundred ms at 2,000 endpoints): the loop gives up the GIL on
+# each socket call and waits a full interval for it. At 0.5 ms, a loop doing probe I/O
+# beside a /metrics render in a thread saw its p99 iteration delay fall 18 ms -> 4 ms
+# and did 60% more iterations in the same time (README, Performance).
+SWITCH_INTERVAL = 0.0005
+
 
 def run(main: Coroutine[Any, Any, T]) -> T:
+    sys.setswitchinterval(SWITCH_INTERVAL)
     try:
         import uvloop
     except ImportError:  # pragma: no cover - Windows, or a build without it
