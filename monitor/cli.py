@@ -15,6 +15,7 @@ from monitor import __version__
 from monitor.config import CONFIG_ENV, Config, ConfigError, load_config
 from monitor.logs import setup_logging
 from monitor.loop import run as run_loop
+from monitor.loop import settle_gc
 from monitor.redact import redact
 from monitor.store import StoreError
 
@@ -559,6 +560,7 @@ def cmd_run(args: argparse.Namespace) -> int:
             dry_run=args.dry_run,
             register=args.register,
         )
+        settle_gc()
         run_loop(daemon.run())
     finally:
         store.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+import itertools
 import threading
 import time
 from collections.abc import Callable
@@ -14,6 +15,7 @@ from typing import Any
 
 import pytest
 import yaml
+from apscheduler.events import EVENT_JOB_MODIFIED, EVENT_JOB_SUBMITTED
 from prometheus_client.parser import text_string_to_metric_families
 
 from monitor.app import open_store
@@ -129,3 +131,31 @@ async def test_a_batch_being_written_at_shutdown_is_kept(tmp_path: Path) -> None
         assert recorder.written == 1
     finally:
         store.close()
+
+
+async def test_on_time_probes_keep_their_grid_without_rescheduling(world: World) -> None:
+    # Each run the daemon decides the next one itself (fast re-probes, the grid); when
+    # that is what APScheduler already holds, nothing is modified: a modification is a
+    # job-store update and an extra scheduler pass over every job, once per probe.
+    config = world.config(interval=0.25, fast_interval=0.05, timeout=0.2)
+    runs: dict[str, list[float]] = {}
+    modified: list[str] = []
+
+    def seen(event: Any) -> None:
+        if event.code == EVENT_JOB_MODIFIED:
+            modified.append(event.job_id)
+        elif event.job_id.startswith("probe:"):
+            runs.setdefault(event.job_id, []).append(event.scheduled_run_times[-1].timestamp())
+
+    async with running(config) as daemon:
+        await wait_for(lambda: world.sims["b"].requests >= 4, what="both endpoints judged")
+        await asyncio.sleep(0.5)  # past the start-up round and its rise confirmations
+        daemon.scheduler.add_listener(seen, EVENT_JOB_MODIFIED | EVENT_JOB_SUBMITTED)
+        await asyncio.sleep(2.0)
+        daemon.scheduler.remove_listener(seen)
+    assert modified == []
+    assert set(runs) == {f"probe:{GROUP}/a", f"probe:{GROUP}/b"}
+    for times in runs.values():
+        assert len(times) >= 6
+        gaps = [round(later - earlier, 3) for earlier, later in itertools.pairwise(times)]
+        assert set(gaps) == {0.25}, gaps

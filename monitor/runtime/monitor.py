@@ -63,6 +63,9 @@ MISSED_LOG_EVERY = 60.0
 RECENT_LAGS = 50
 LATE_LAG = 0.5
 SLOW_STORE = 1.0
+# A next run this close to the one APScheduler holds is the same run (datetimes keep
+# microseconds; the grid arithmetic differs from its own in the last float digits).
+GRID_TOLERANCE = 0.001
 # The same failure of an endpoint already down is logged this often, with a count.
 REPEAT_LOG_EVERY = 60.0
 
@@ -168,7 +171,13 @@ class Monitor:
             first = now + share * spread
             self.scheduler.add_job(
                 self._run,
-                trigger=IntervalTrigger(seconds=interval, timezone=UTC),
+                # The trigger's own grid is this endpoint's grid, so after an on-time run
+                # APScheduler already holds the next due time (see _on_executed).
+                trigger=IntervalTrigger(
+                    seconds=interval,
+                    start_date=datetime.fromtimestamp(self._grid[key], UTC),
+                    timezone=UTC,
+                ),
                 args=[key],
                 id=_job_id(key),
                 name=_job_id(key),
@@ -406,7 +415,13 @@ class Monitor:
         if due is None:
             return
         job = self.scheduler.get_job(event.job_id)
-        if job is not None:
+        if job is None:
+            return
+        # Most runs are on time and on the grid, where APScheduler's next time is already
+        # ours. A modification costs a job-store update and an extra pass of the scheduler
+        # over every job (modify_job wakes it): skipped when it would change nothing.
+        held = job.next_run_time
+        if held is None or abs(held.timestamp() - due) > GRID_TOLERANCE:
             job.modify(next_run_time=datetime.fromtimestamp(due, UTC))
 
     def _on_missed(self, event: JobEvent) -> None:
