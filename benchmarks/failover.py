@@ -40,6 +40,7 @@ from monitor.loop import run as run_loop
 from monitor.probes import ChatProber
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
+from monitor.sim.openai import command as sim_command
 
 CONVAI_KEY = "bench-convai-key"
 MODEL = "bench-model"
@@ -508,17 +509,6 @@ async def drift(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     }
 
 
-def _command(proc: subprocess.Popen[str], line: str) -> None:
-    """Change the behaviour of an out-of-process sim (see monitor.sim.openai's doc)."""
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    proc.stdin.write(line + "\n")
-    proc.stdin.flush()
-    answer = proc.stdout.readline().strip()
-    if answer != "ok":
-        raise RuntimeError(f"sim refused {line!r}: {answer}")
-
-
 async def window_scenario(
     args: argparse.Namespace, folder: Path, command: str, duration: float, label: str
 ) -> dict[str, Any]:
@@ -569,15 +559,15 @@ async def window_scenario(
         # Every endpoint judged up, and a full interval of normal cadence behind it.
         await asyncio.sleep(args.interval + args.fast_interval * 3 + 3)
         started = time.monotonic()
-        _command(primaries, command)
+        sim_command(primaries, command)
         while time.monotonic() - started < duration:
             if task.done():
                 task.result()
                 raise RuntimeError("the daemon stopped early")
             await asyncio.sleep(0.2)
         ended = time.monotonic()
-        _command(primaries, "set ok")
-        _command(primaries, "flaky 0")
+        sim_command(primaries, "set ok")
+        sim_command(primaries, "flaky 0")
         for call in convai.calls_of("update"):
             group = call.body.get("model_group_name")
             if call.status == 200 and isinstance(group, str) and call.at <= ended:

@@ -48,6 +48,7 @@ from sqlalchemy import func, select
 from sqlalchemy import text as sql_text
 
 from monitor.sim.convai import ConvaiSim
+from monitor.sim.openai import command, spawn
 from monitor.sim.postgres import LocalPostgres, free_port
 from monitor.store import Store
 from monitor.store.lease import Leases
@@ -61,25 +62,8 @@ LAG_TARGET_S = 0.1
 
 
 def spawn_sim(*extra: str) -> tuple[subprocess.Popen[str], str]:
-    """An endpoint sim in its own process (its CPU is not the monitors'); prints its origin."""
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "monitor.sim.openai", "--model", MODEL, *extra],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    assert proc.stdout is not None
-    return proc, proc.stdout.readline().strip()
-
-
-def command(proc: subprocess.Popen[str], line: str) -> None:
-    assert proc.stdin is not None
-    assert proc.stdout is not None
-    proc.stdin.write(line + "\n")
-    proc.stdin.flush()
-    answer = proc.stdout.readline().strip()
-    if answer != "ok":
-        raise RuntimeError(f"sim refused {line!r}: {answer}")
+    """An endpoint sim in its own process (its CPU is not the monitors')."""
+    return spawn("--model", MODEL, *extra)
 
 
 def groups(count: int, origin: str, first_primary: str, convai: ConvaiSim) -> list[Any]:

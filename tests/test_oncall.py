@@ -7,6 +7,7 @@ import asyncio
 import io
 import json
 import signal
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -15,11 +16,13 @@ import httpx
 import pytest
 import yaml
 
+import monitor.runtime.monitor as monitor_module
 from monitor.cli import main
 from monitor.logs import setup_logging
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.state import DAEMON_STALE_AFTER, daemon_liveness
+from tests.conftest import CONVAI_KEY
 from tests.harness import (
     GROUP,
     World,
@@ -158,3 +161,94 @@ async def test_reload_applies_listen_alerts_and_reminders_and_names_what_needs_a
     restart = next(x for x in lines if x["event"] == "config_reload_needs_restart")
     assert restart["settings"] == ["storage.url"]
     await asyncio.sleep(0)
+
+
+def json_lines(logs: io.StringIO) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in logs.getvalue().splitlines() if line.startswith("{")]
+
+
+async def test_log_counts_repeats_and_tells_transitions_and_decisions_at_their_level(
+    tmp_path: Path, convai: ConvaiSim, endpoints: Factory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A standby that stays broken is one line a period with a count of what was not
+    logged; every transition and decision is a line, at the level its meaning calls for:
+    a failover, a failed switch, Convai unreachable are errors; a failback and an endpoint
+    coming up are info."""
+    period = 1.0
+    monkeypatch.setattr(monitor_module, "REPEAT_LOG_EVERY", period)
+    world = make_world(tmp_path, convai, endpoints, names=("a", "b", "c"))
+    world.policy = {"failback_after": 0.3, "min_dwell": 0.1}
+    world.extra = {
+        "convai": {
+            "api_key": CONVAI_KEY,
+            "base_url": convai.base_url,
+            "timeout": 0.5,
+            "retry_budget": 0.5,
+            "sync_interval": 0.5,
+            "unreachable_grace": 1.0,
+        }
+    }
+    c = world.sims["c"]
+    c.set(Behaviour.MODEL_NOT_FOUND)
+    logs = io.StringIO()
+
+    def seen(event: str, **fields: str) -> bool:
+        return any(
+            x["event"] == event and all(x.get(k) == v for k, v in fields.items())
+            for x in json_lines(logs)
+        )
+
+    async with running(world.config()):
+        setup_logging("info", stream=logs, json=True)
+        await settled(world)
+        await wait_for(lambda: seen("endpoint_down", endpoint="c"), what="c down")
+        down_at = time.monotonic()
+        await asyncio.sleep(3 * period + 0.2)  # three periods of c failing the same way
+        world.convai.refuse()
+        world.sims["a"].set(Behaviour.REFUSE)
+        await wait_for(lambda: seen("switch_failed"), what="a failover that cannot reach Convai")
+        await wait_for(lambda: seen("convai_unreachable"), what="Convai unreachable")
+        world.convai.restore()
+        await wait_for(lambda: seen("failover_completed"), limit=15, what="the failover")
+        world.sims["a"].set(Behaviour.OK)
+        await wait_for(lambda: seen("failback_completed"), limit=15, what="the failback")
+        await wait_for(lambda: seen("convai_reachable"), what="Convai reachable")
+        down_for = time.monotonic() - down_at
+    lines = json_lines(logs)
+    of_c = [x for x in lines if x["event"] == "probe_failed" and x.get("endpoint") == "c"]
+    repeats = [x for x in of_c if x.get("repeated")]
+    assert repeats, of_c
+    # Each repeat line stands for the failures not logged since the previous line: one
+    # period's worth (c is probed every 0.5 s, every 0.1 s while its group has no
+    # switch to make that works).
+    for line in repeats:
+        assert line["level"] == "info"
+        assert line["outcome"] == "model_not_found"
+        assert line["over_s"] >= period
+        assert 1 <= line["repeated"] <= (line["over_s"] + 0.5) / 0.1
+    # Nothing lost, nothing counted twice: logged lines plus counted repeats make up every
+    # failed probe of c, but for those of the last period (counted, not yet logged).
+    told = len(of_c) + sum(x.get("repeated", 0) for x in of_c)
+    assert told <= c.requests
+    assert c.requests - told <= period / 0.1 + 2
+    # Until it was down (fall is 3), then one line a period however often it was probed.
+    assert len(of_c) <= 3 + down_for / period + 1, (len(of_c), c.requests)
+
+    def level(event: str, **fields: str) -> set[str]:
+        return {
+            x["level"]
+            for x in lines
+            if x["event"] == event and all(x.get(k) == v for k, v in fields.items())
+        }
+
+    # Transitions: down and up, each once, at their level.
+    assert level("endpoint_down", endpoint="c") == {"warning"}
+    assert level("endpoint_down", endpoint="a") == {"warning"}
+    assert level("endpoint_up", endpoint="a") == {"info"}
+    # Decisions and what came of them.
+    assert level("switch_failed") == {"error"}
+    assert level("convai_unreachable") == {"error"}
+    assert level("failover_completed") == {"error"}
+    assert level("failback_completed") == {"info"}
+    assert level("convai_reachable") == {"info"}
+    assert level("switch_started") == {"info"}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import sqlite3
 import subprocess
 import sys
@@ -14,6 +15,19 @@ from monitor.store.store import migrations_config
 from tests.conftest import config_dict, write_config
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+def _source_copy(folder: Path) -> Path:
+    """What a fresh clone holds: setuptools builds in the source tree's `build/`, and a
+    stale one (say, from before a migration was renamed) would ship files git no longer has."""
+    source = folder / "source"
+    source.mkdir()
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy2(REPO / name, source / name)
+    skip = shutil.ignore_patterns("__pycache__", "*.pyc")
+    for name in ("monitor", "migrations"):
+        shutil.copytree(REPO / name, source / name, ignore=skip)
+    return source
 
 
 def test_installed_package_migrates_a_fresh_database(tmp_path: Path) -> None:
@@ -30,7 +44,7 @@ def test_installed_package_migrates_a_fresh_database(tmp_path: Path) -> None:
             "--no-index",
             "--target",
             str(target),
-            str(REPO),
+            str(_source_copy(tmp_path)),
         ],
         capture_output=True,
         text=True,

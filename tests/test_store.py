@@ -3,17 +3,21 @@ windows, rollups, retention, migrations."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import select, text
+from structlog.testing import capture_logs
 
 from monitor.domain.health import Health, HealthState
 from monitor.domain.outcome import Outcome, ProbeResult
+from monitor.runtime.leader import Leadership
 from monitor.store import Store
 from monitor.store.lease import Leases
 from monitor.store.switching import SwitchLog, SwitchRecord
@@ -324,6 +328,27 @@ def test_an_isolated_leader_steps_aside_for_a_live_instance(db_url: str) -> None
     assert leases_east.acquire("east", 5.0, NOW).holder == "east"
     _, instances = leases_east.read()
     assert {i.name: i.isolated for i in instances} == {"east": False, "west": False}
+    east.close()
+    west.close()
+
+
+def test_leadership_logs_a_takeover_louder_than_a_first_election(db_url: str) -> None:
+    east, west = Store(db_url), Store(db_url)
+    east.migrate()
+
+    async def call(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        return fn(*args, **kwargs)
+
+    first = Leadership(Leases(east), "east", 0.3, call)
+    second = Leadership(Leases(west), "west", 5.0, call)
+    with capture_logs() as logs:
+        assert asyncio.run(first.renew())
+        assert not asyncio.run(second.renew())  # learns that east leads
+        time.sleep(0.4)  # east stops renewing; its lease lapses
+        assert asyncio.run(second.renew())
+    elected = [(e["instance"], e["log_level"], e["previous"]) for e in logs
+               if e["event"] == "leader_elected"]  # fmt: skip
+    assert elected == [("east", "info", None), ("west", "warning", "east")]
     east.close()
     west.close()
 

@@ -93,6 +93,8 @@ def render(
         lines.append(f"The group is {details['where']}")
     if details.get("command"):
         lines.append(f"To act: {details['command']}")
+    if details.get("unpin"):
+        lines.append(f"Or let it switch by itself again: {details['unpin']}")
     if incident is not None:
         since = f", open since {_clock(opened_at)}" if opened_at else ""
         lines.append(f"Incident #{incident}{since}")

@@ -24,7 +24,7 @@ from monitor.store.switching import GroupRecord
 log = structlog.get_logger()
 
 # Critical conditions: their page says what is broken, where the group is, what to run.
-_BRIEFED = frozenset({Action.ALL_DOWN, Action.ISOLATED, Action.FLAPPING})
+_BRIEFED = frozenset({Action.ALL_DOWN, Action.ISOLATED, Action.FLAPPING, Action.PINNED_DOWN})
 
 # Switches whose failure leaves characters on a broken endpoint or key: on-call hears.
 _ANNOUNCED = frozenset({Action.FAILOVER, Action.REHOME, Action.KEY_ROTATION})
@@ -150,7 +150,7 @@ class Actor:
             move = f"convai-monitor failover -c {config} {name} --to {to}"
             unpin = f"convai-monitor unpin -c {config} {name}"
             reason = f"{reason}: pinned to a down endpoint; unpin ({unpin}) or move it ({move})"
-            details = {"command": move, "unpin": unpin}
+            details = {"unpin": unpin}
         if decision.action in _BRIEFED:
             details = {**self._brief(name, view, decision, now), **(details or {})}
         await self.beliefs.condition(name, decision.action.value, reason, now, details=details)

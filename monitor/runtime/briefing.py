@@ -7,7 +7,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from monitor.domain.failover import Action, Decision, GroupView
+from monitor.domain.failover import Action, Decision, GroupView, pinned
 from monitor.domain.health import Health, HealthState
 from monitor.durations import format_duration
 from monitor.runtime.evidence import Evidence
@@ -58,17 +58,24 @@ def brief(
     if view.active is not None and health.get(view.active, Health.DOWN) is Health.DOWN:
         down.insert(0, view.active)
     what = "; ".join(broken(group, n, evidence, states, now) for n in down)
+    if decision.action is Action.ISOLATED:
+        # Why nothing is switched: Convai fails too, so this host's network is suspect.
+        what = f"{what}; Convai unreachable too" if what else "Convai unreachable"
     if view.active is None:
         where = "on a base_url that matches no configured endpoint"
     elif view.active in health:
         where = f"on {view.active} ({health[view.active].value})"
     else:
         where = f"on {view.active} (no longer in the config)"
+    if pinned(view, now):
+        until = f" until {clock(view.pinned_until)}" if view.pinned_until is not None else ""
+        where = f"{where}, pinned to {view.pinned_to}{until}"
     to = decision.candidates[0] if decision.candidates else None
     move = f"convai-monitor failover -c {config} {group} --to {to}" if to else None
     check = f"convai-monitor check -c {config} --group {group}"
     command = {
         Action.FLAPPING: move,
+        Action.PINNED_DOWN: move,
         Action.FAILOVER: f"convai-monitor explain -c {config} {group}",
     }.get(decision.action) or check
     return {"broken": what or "no endpoint is judged down", "where": where, "command": command}

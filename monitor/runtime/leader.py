@@ -73,13 +73,22 @@ class Leadership:
         if not self.reachable:
             log.info("lease_reachable_again")
         self.reachable = True
-        self.lease = lease
+        before, self.lease = self.lease, lease
         if lease.holder == self.name:
             gained = self.token != lease.token
             self.token = lease.token
             self._valid_until = asked + self.ttl
             if gained:
-                log.warning("leader_elected", instance=self.name, fencing_token=lease.token)
+                # Taking over from another instance is worth a look; leading from the
+                # start (or after this instance's own lapse) is the normal case.
+                previous = before.holder if before is not None else None
+                took_over = previous is not None and previous != self.name
+                (log.warning if took_over else log.info)(
+                    "leader_elected",
+                    instance=self.name,
+                    fencing_token=lease.token,
+                    previous=previous,
+                )
                 if self.on_elected is not None:
                     await self.on_elected()
             return True

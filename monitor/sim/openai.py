@@ -56,6 +56,7 @@ import select
 import signal
 import socket
 import stat
+import subprocess
 import sys
 import threading
 import time
@@ -822,6 +823,30 @@ def main(argv: list[str] | None = None) -> int:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return 0
+
+
+def spawn(*argv: str) -> tuple[subprocess.Popen[str], str]:
+    """This sim in its own process (its CPU is not the caller's), and the origin it serves
+    on. It ends when the caller closes its stdin or exits; `command` drives it."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "monitor.sim.openai", *argv],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert proc.stdout is not None
+    return proc, proc.stdout.readline().strip()
+
+
+def command(proc: subprocess.Popen[str], line: str) -> None:
+    """Send one control line (see `_command`) to a spawned sim and wait until it applied it."""
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    proc.stdin.write(line + "\n")
+    proc.stdin.flush()
+    answer = proc.stdout.readline().strip()
+    if answer != "ok":
+        raise RuntimeError(f"sim refused {line!r}: {answer}")
 
 
 def _stdin_is_pipe() -> bool:
