@@ -322,6 +322,27 @@ def test_a_rate_verdict_is_not_vetoed_by_a_lucky_answer() -> None:
     assert decide(back, NOW).action is Action.STAY
 
 
+def _slow_primary(*fallbacks: EndpointView) -> GroupView:
+    primary = EndpointView("a", D, slow=True)
+    return GroupView(name="g", endpoints=(primary, *fallbacks), active="a")
+
+
+def test_a_switch_for_latency_needs_a_fallback_whose_own_p95_is_under_the_threshold() -> None:
+    slow_b = EndpointView("b", U, LONG_AGO, fast_enough=False)
+    fast_c = EndpointView("c", U, LONG_AGO)
+    # The slow first fallback is skipped for the fast second one.
+    decision = decide(_slow_primary(slow_b, fast_c), NOW)
+    assert (decision.action, decision.candidates) == (Action.FAILOVER, ("c",))
+    assert "latency" in decision.reason
+    # Only a fallback as slow (or not yet measured): stay on the primary, which answers.
+    decision = decide(_slow_primary(slow_b), NOW)
+    assert (decision.action, decision.candidates) == (Action.STAY, ())
+    assert "no up fallback has its own p95 under it" in decision.reason
+    # A primary down for errors takes any up fallback, a slow one included: slow beats failing.
+    failing = GroupView(name="g", endpoints=(EndpointView("a", D), slow_b), active="a")
+    assert decide(failing, NOW).candidates == ("b",)
+
+
 @pytest.mark.parametrize(
     ("switches_in_hour", "wait"),
     # the first switch waits failback_after; each repeat within the hour doubles it

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from monitor.domain.health import (
@@ -11,6 +13,7 @@ from monitor.domain.health import (
     HealthState,
     Thresholds,
     clean,
+    fast_enough,
     in_transition,
     judge,
     next_delay,
@@ -250,6 +253,51 @@ def test_latency_counts_only_when_the_group_says_so() -> None:
     # Without latency in failover_on, a slow endpoint is up.
     ignored = Thresholds(rise=2, fall=3, latency_threshold=0.1, latency_counts=False)
     assert play([P] * 12, ignored, latency_ms=250.0).health is Health.UP
+
+
+# Latency counts: p95 over 100 ms, judged on at least 10 answers in a 60 s window.
+SLOW_COUNTS = Thresholds(
+    rise=2, fall=3, rate=FailureRate(60.0, 10, 0.30), latency_threshold=0.1, latency_counts=True
+)
+
+
+def _answers(latencies: list[float], limits: Thresholds, every: float = 10.0) -> HealthState:
+    """Passing probes `every` seconds apart (the normal cadence), with these latencies."""
+    state = HealthState()
+    for i, latency in enumerate(latencies):
+        state, _ = judge(state, P, 1.0 + i * every, limits, latency)
+    return state
+
+
+def test_fast_cadence_while_the_window_looks_slow() -> None:
+    """At the normal cadence a 60 s window holds 6 answers, never min_probes: without fast
+    probing a slow endpoint would never be judged slow. One slow answer is enough to
+    start it; latency that does not count never does."""
+    slow = _answers([20.0] * 5 + [250.0], SLOW_COUNTS)
+    assert slow.health is Health.UP  # 6 answers in the window: no verdict yet
+    assert wants_fast(slow, 52.0, SLOW_COUNTS)
+    assert not wants_fast(_answers([20.0] * 6, SLOW_COUNTS), 52.0, SLOW_COUNTS)
+    ignored = replace(SLOW_COUNTS, latency_counts=False)
+    assert not wants_fast(_answers([20.0] * 5 + [250.0], ignored), 52.0, ignored)
+    # The slow answer leaves the window: back to the normal cadence.
+    assert not wants_fast(slow, 51.0 + 61.0, SLOW_COUNTS)
+
+
+def test_fast_enough_needs_a_known_p95_under_the_threshold() -> None:
+    fast = _answers([20.0] * 12, SLOW_COUNTS, every=1.0)
+    assert fast_enough(fast, 13.0, SLOW_COUNTS)
+    # As slow as the primary it would replace: no target for a latency switch.
+    assert not fast_enough(_answers([250.0] * 12, SLOW_COUNTS, every=1.0), 13.0, SLOW_COUNTS)
+    # Few answers (a standby at its normal cadence): the slowest of them decides.
+    few = _answers([20.0, 20.0, 250.0], SLOW_COUNTS)
+    assert not fast_enough(few, 30.0, SLOW_COUNTS)
+    assert fast_enough(_answers([20.0, 20.0, 30.0], SLOW_COUNTS), 30.0, SLOW_COUNTS)
+    # Answers that left the window still count, as the last min_probes probes.
+    assert fast_enough(fast, 1000.0, SLOW_COUNTS)
+    assert not fast_enough(HealthState(health=Health.UP), 1.0, SLOW_COUNTS)  # nothing known
+    # Latency does not count: any endpoint is fast enough.
+    ignored = replace(SLOW_COUNTS, latency_counts=False)
+    assert fast_enough(_answers([250.0] * 12, ignored, every=1.0), 13.0, ignored)
 
 
 def test_fast_cadence_while_a_failure_is_in_the_window() -> None:

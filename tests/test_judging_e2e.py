@@ -13,12 +13,13 @@ import httpx
 import pytest
 
 from monitor.app import open_store
+from monitor.domain.health import Cause
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.state import State
 from monitor.store.switching import SwitchLog
 from tests.conftest import MODEL
-from tests.harness import World, make_world, running, settled, wait_for
+from tests.harness import GROUP, World, make_world, running, settled, wait_for
 
 Factory = Callable[..., EndpointSim]
 
@@ -159,3 +160,48 @@ async def test_a_healthy_azure_stream_is_healthy(world: World) -> None:
             what="every streaming endpoint up",
         )
     assert world.updates() == 0
+
+
+async def test_a_slow_primary_switches_for_latency_to_a_fast_fallback_only(
+    tmp_path: Path, convai: ConvaiSim, endpoints: Factory
+) -> None:
+    """failover_on: [errors, latency]. The primary gets slow (every answer 0.25 s, none
+    failing); the first fallback is as slow; the group goes to the second one, whose own
+    p95 is under the threshold, once. The 3 s window holds 6 probes at the normal 0.5 s
+    cadence, under min_probes 10: the verdict needs the fast re-probes a slow window
+    starts."""
+    w = make_world(tmp_path, convai, endpoints, names=("a", "b", "c"))
+    w.policy = {
+        "failback_after": "3s",
+        "min_dwell": "0.3s",
+        "latency_threshold": 0.1,
+        "failover_on": ["errors", "latency"],
+        "failure_rate": {"window": "3s", "min_probes": 10, "threshold": "30%"},
+    }
+    w.sims["b"].set(Behaviour.OK, delay=0.25)  # a slow fallback is not a target
+    config = w.config()
+    async with running(config) as daemon:
+        monitor = daemon.monitor
+        assert monitor is not None
+        await settled(w)
+        await wait_for(
+            lambda: monitor.states[(GROUP, "b")].health.value == "down",
+            what="the slow fallback judged down for latency",
+        )
+        assert monitor.states[(GROUP, "b")].cause is Cause.SLOW
+        w.sims["a"].set(Behaviour.OK, delay=0.25)  # slow, not failing
+        began = time.monotonic()
+        await wait_for(lambda: _on(w, "c"), limit=10, what="failover for latency")
+        assert time.monotonic() - began < 5.0
+        assert w.sims["a"].requests > 0
+        # Back to fast: a clean window and failback_after later, the group returns.
+        w.sims["a"].set(Behaviour.OK, delay=0.0)
+        await wait_for(lambda: _on(w, "a"), limit=20, what="failback once fast again")
+    called = [c.body.get("base_url") for c in convai.calls_of("update") if c.status == 200]
+    assert called == [w.sims["c"].base_url, w.sims["a"].base_url]
+    store = open_store(config, migrate=False)
+    try:
+        failover = next(e for e in SwitchLog(store).history(None, 0) if e.kind == "failover")
+    finally:
+        store.close()
+    assert "latency" in failover.message

@@ -106,6 +106,8 @@ def test_the_verdict_dates_from_when_the_quorum_was_reached(spec: str, since: fl
 A_UP = EndpointView("a", U, up_since=NOW - 50, answering=False, clean=True)
 A_DOWN = EndpointView("a", D, None, answering=True, clean=False)
 A_UNKNOWN = EndpointView("a", K)
+A_SLOW_UP = EndpointView("a", U, up_since=NOW - 50, fast_enough=False)
+A_SLOW_DOWN = EndpointView("a", D, None, slow=True, fast_enough=False)
 
 
 def t(health: Health, since: float | None = NOW - 80) -> Tally:
@@ -129,6 +131,11 @@ def t(health: Health, since: float | None = NOW - 80) -> Tally:
         # No verdict: unknown, never a place to switch to.
         (A_DOWN, t(K), EndpointView("a", K, None, answering=False, clean=False)),
         (A_UP, t(K), EndpointView("a", K, None, answering=False, clean=False)),
+        # Latency is the leader's own knowledge: its p95 verdict on a fallback is kept;
+        # "down for latency" is its own cause, not the quorum's.
+        (A_SLOW_UP, t(U, NOW - 10), A_SLOW_UP),
+        (A_SLOW_UP, t(D), EndpointView("a", D, None, False, False, fast_enough=False)),
+        (A_SLOW_DOWN, t(U), EndpointView("a", U, NOW - 80, False, True, fast_enough=False)),
     ],
 )
 def test_endpoint_view(own: EndpointView, result: Tally, expected: EndpointView) -> None:

@@ -51,6 +51,11 @@ class EndpointView:
     # Its recent past is clean enough to return to (health.clean): a brownout that lets
     # a few probes through is not a place to fail back to.
     clean: bool = True
+    # Down because its window's p95 latency is over the group's latency_threshold.
+    slow: bool = False
+    # Its own p95 is known and under the latency threshold (health.fast_enough): only such
+    # an endpoint takes a group switched away for latency. True when latency does not count.
+    fast_enough: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +158,18 @@ def decide(view: GroupView, now: float) -> Decision:
         down = f"{active.name} was removed from the config" if removed else f"{active.name} is down"
         if not candidates:
             return Decision(Action.ALL_DOWN, f"{down} and no other endpoint is up")
+        if active.slow and not removed:
+            # Slow, not failing: a switch for latency helps characters only if it lands
+            # somewhere faster. An up fallback with a p95 as bad (or not yet known) is no
+            # target; the group stays on an endpoint that still answers.
+            candidates = tuple(n for n in candidates if by_name[n].fast_enough)
+            if not candidates:
+                return Decision(
+                    Action.STAY,
+                    f"{active.name} is down for latency (p95 over latency_threshold) and no "
+                    "up fallback has its own p95 under it",
+                )
+            down = f"{active.name} is down for latency (p95 over latency_threshold)"
         if pinned(view, now) and view.pinned_to in candidates:
             # Pinned elsewhere (the pin was set without a switch): the pin says where to go.
             return Decision(

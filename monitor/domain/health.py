@@ -196,15 +196,49 @@ def rate_failing(state: HealthState, now: float, limits: Thresholds) -> bool:
 
 def too_slow(state: HealthState, now: float, limits: Thresholds) -> bool:
     """Latency counts for this group and the window's p95 is over the threshold."""
-    if not limits.latency_counts or limits.latency_threshold is None:
+    limit = _threshold_ms(limits)
+    if limit is None:
         return False
     seen = window(state, now, limits.rate.window)
     passing = seen.probes - seen.failures
-    return (
-        passing >= limits.rate.min_probes
-        and seen.p95_ms is not None
-        and seen.p95_ms > limits.latency_threshold * 1000.0
-    )
+    return passing >= limits.rate.min_probes and seen.p95_ms is not None and seen.p95_ms > limit
+
+
+def _threshold_ms(limits: Thresholds) -> float | None:
+    if not limits.latency_counts or limits.latency_threshold is None:
+        return None
+    return limits.latency_threshold * 1000.0
+
+
+def looks_slow(state: HealthState, now: float, limits: Thresholds) -> bool:
+    """Latency counts and the window's p95 is over the threshold, however few probes the
+    window holds yet. Not a verdict (too_slow needs min_probes answers): the reason to
+    probe fast, since at the normal cadence a 60 s window never holds min_probes."""
+    limit = _threshold_ms(limits)
+    if limit is None:
+        return False
+    p95 = window(state, now, limits.rate.window).p95_ms
+    return p95 is not None and p95 > limit
+
+
+def fast_enough(state: HealthState, now: float, limits: Thresholds) -> bool:
+    """Fit to take a group switched away for latency: its own p95 is known and under the
+    threshold. Read over the window, or over the last min_probes probes when the window
+    holds fewer answers; with so few, the p95 is the slowest of them (nearest rank), so
+    one slow answer is enough to disqualify it. Always true when latency does not count."""
+    limit = _threshold_ms(limits)
+    if limit is None:
+        return True
+    seen = window(state, now, limits.rate.window)
+    p95 = seen.p95_ms
+    if seen.probes - seen.failures < limits.rate.min_probes:
+        recent = sorted(
+            s.latency_ms
+            for s in state.samples[-limits.rate.min_probes :]
+            if s.latency_ms is not None
+        )
+        p95 = percentile(recent, 95.0) if recent else p95
+    return p95 is not None and p95 <= limit
 
 
 def clean(state: HealthState, now: float, limits: Thresholds) -> bool:
@@ -273,13 +307,14 @@ def in_transition(state: HealthState) -> bool:
 
 def wants_fast(state: HealthState, now: float, limits: Thresholds) -> bool:
     """Probe at the fast cadence: a streak is running, or (on an endpoint not yet down)
-    a failure is still in the window, so the window fills quickly and a brownout is
-    judged in seconds. A down endpoint that keeps failing waits its normal interval."""
+    a failure is still in the window, or its p95 so far is over a latency threshold that
+    counts, so the window fills quickly and a brownout or a slowdown is judged in seconds.
+    A down endpoint that keeps failing waits its normal interval."""
     if in_transition(state):
         return True
     if state.health is Health.DOWN:
         return False
-    return window(state, now, limits.rate.window).failures > 0
+    return window(state, now, limits.rate.window).failures > 0 or looks_slow(state, now, limits)
 
 
 def next_delay(state: HealthState, interval: float, fast_interval: float) -> float:

@@ -12,7 +12,7 @@ quorum is one and the verdict is that instance's own: today's behaviour exactly.
 from __future__ import annotations
 
 from collections.abc import Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from monitor.domain.failover import EndpointView
 from monitor.domain.health import Health, HealthState
@@ -118,16 +118,22 @@ def endpoint_view(own: EndpointView, result: Tally) -> EndpointView:
     if result.health is own.health:
         if own.health is Health.UP and result.since is not None and own.up_since is not None:
             # Up for as long as the quorum has seen it up (the leader may have come later).
-            return EndpointView(
-                own.name, own.health, min(own.up_since, result.since), own.answering, own.clean
-            )
+            return replace(own, up_since=min(own.up_since, result.since))
         return own
+    # The quorum overrules the leader's health; the leader's own latency is the only
+    # latency known, so `fast_enough` stays its own, and `slow` (its own cause) goes.
     if result.health is Health.DOWN:
         # The leader's own path sees it answer, but enough others do not: it is down, and
         # one answer on the leader's path says nothing about theirs.
-        return EndpointView(own.name, Health.DOWN, None, answering=False, clean=False)
+        return replace(
+            own, health=Health.DOWN, up_since=None, answering=False, clean=False, slow=False
+        )
     if result.health is Health.UP:
         # The leader's own path is bad (or it has not judged yet); the quorum sees it up.
         # A vantage's "up" already means its own failure-rate window is clean enough.
-        return EndpointView(own.name, Health.UP, result.since, answering=False, clean=True)
-    return EndpointView(own.name, Health.UNKNOWN, None, answering=False, clean=False)
+        return replace(
+            own, health=Health.UP, up_since=result.since, answering=False, clean=True, slow=False
+        )
+    return replace(
+        own, health=Health.UNKNOWN, up_since=None, answering=False, clean=False, slow=False
+    )

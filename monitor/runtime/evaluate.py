@@ -22,7 +22,15 @@ from monitor.domain.failover import (
     decide,
     group_state,
 )
-from monitor.domain.health import Health, HealthState, Transition, clean, recovering
+from monitor.domain.health import (
+    Cause,
+    Health,
+    HealthState,
+    Transition,
+    clean,
+    fast_enough,
+    recovering,
+)
 from monitor.domain.outcome import ProbeResult, Verdict
 from monitor.domain.quorum import endpoint_view
 from monitor.runtime.act import Actor
@@ -255,6 +263,8 @@ class Evaluator:
                 up_since,
                 answering=recovering(state, now, limits),
                 clean=clean(state, now, limits),
+                slow=state.health is Health.DOWN and state.cause is Cause.SLOW,
+                fast_enough=fast_enough(state, now, limits),
             )
             # Fresh: a result newer than two intervals (one missed probe is not silence).
             verdict = self.vantages.tally(
