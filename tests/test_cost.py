@@ -137,7 +137,9 @@ async def test_on_time_probes_keep_their_grid_without_rescheduling(world: World)
     # Each run the daemon decides the next one itself (fast re-probes, the grid); when
     # that is what APScheduler already holds, nothing is modified: a modification is a
     # job-store update and an extra scheduler pass over every job, once per probe.
-    config = world.config(interval=0.25, fast_interval=0.05, timeout=0.2)
+    # A deadline of the whole second: under a loaded CI machine, a probe failed at a
+    # short learned deadline would (rightly) put the endpoint on the fast cadence.
+    config = world.config(interval=1.0, fast_interval=0.05, timeout=0.9, deadline_floor=0.9)
     runs: dict[str, list[float]] = {}
     modified: list[str] = []
 
@@ -151,11 +153,11 @@ async def test_on_time_probes_keep_their_grid_without_rescheduling(world: World)
         await wait_for(lambda: world.sims["b"].requests >= 4, what="both endpoints judged")
         await asyncio.sleep(0.5)  # past the start-up round and its rise confirmations
         daemon.scheduler.add_listener(seen, EVENT_JOB_MODIFIED | EVENT_JOB_SUBMITTED)
-        await asyncio.sleep(2.0)
+        await asyncio.sleep(3.5)
         daemon.scheduler.remove_listener(seen)
     assert modified == []
     assert set(runs) == {f"probe:{GROUP}/a", f"probe:{GROUP}/b"}
     for times in runs.values():
-        assert len(times) >= 6
+        assert len(times) >= 3
         gaps = [round(later - earlier, 3) for earlier, later in itertools.pairwise(times)]
-        assert set(gaps) == {0.25}, gaps
+        assert set(gaps) == {1.0}, gaps
