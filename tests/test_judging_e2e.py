@@ -13,11 +13,12 @@ import httpx
 import pytest
 
 from monitor.app import open_store
+from monitor.config import Config
 from monitor.domain.health import Cause
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.state import State
-from monitor.store.switching import SwitchLog
+from monitor.store.switching import EventRecord, SwitchLog
 from tests.conftest import MODEL
 from tests.harness import GROUP, World, make_world, running, settled, wait_for
 
@@ -42,6 +43,14 @@ def world(tmp_path: Path, convai: ConvaiSim, endpoints: Factory) -> World:
     return w
 
 
+def _first_failover(config: Config) -> EventRecord:
+    store = open_store(config, migrate=False)
+    try:
+        return next(e for e in SwitchLog(store).history(None, 0) if e.kind == "failover")
+    finally:
+        store.close()
+
+
 def _on(world: World, name: str) -> bool:
     return bool(world.registered()["base_url"] == world.sims[name].base_url)
 
@@ -54,11 +63,7 @@ async def test_a_400_invalid_model_name_is_an_outage_and_switches(world: World) 
         world.sims["a"].set(Behaviour.INVALID_MODEL_400)
         await wait_for(lambda: _on(world, "b"), what="failover off the 400")
     assert world.updates() == 1
-    store = open_store(config, migrate=False)
-    try:
-        failover = next(e for e in SwitchLog(store).history(None, 0) if e.kind == "failover")
-    finally:
-        store.close()
+    failover = _first_failover(config)
     assert "model_not_found" in failover.message
 
 
@@ -199,9 +204,5 @@ async def test_a_slow_primary_switches_for_latency_to_a_fast_fallback_only(
         await wait_for(lambda: _on(w, "a"), limit=20, what="failback once fast again")
     called = [c.body.get("base_url") for c in convai.calls_of("update") if c.status == 200]
     assert called == [w.sims["c"].base_url, w.sims["a"].base_url]
-    store = open_store(config, migrate=False)
-    try:
-        failover = next(e for e in SwitchLog(store).history(None, 0) if e.kind == "failover")
-    finally:
-        store.close()
+    failover = _first_failover(config)
     assert "latency" in failover.message
