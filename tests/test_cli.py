@@ -351,6 +351,8 @@ def test_manual_failover_pin_and_unpin(world: World, capsys: pytest.CaptureFixtu
     code, out, _ = run_cli(capsys, "history", "-c", path, "--group", GROUP)
     pinned = next(line for line in out.splitlines() if "pinned to b until" in line)
     assert re.search(r"until \d{4}-\d\d-\d\d \d\d:\d\d:\d\d UTC", pinned), pinned
+    # No raw epoch anywhere: pins, holds and unpins all read as dates.
+    assert not re.search(r"\b1\d{9}(\.\d+)?\b", out), out
 
     code, _, err = run_cli(capsys, "pin", "-c", path, GROUP, "zz", "--for", "2h")
     assert code == 2

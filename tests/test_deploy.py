@@ -41,6 +41,36 @@ def test_systemd_unit_verifies(tmp_path: Path) -> None:
         assert option in unit
 
 
+def test_every_stop_timeout_leaves_room_for_a_clean_stop() -> None:
+    """systemd, compose and Kubernetes wait longer than the daemon's own stop takes, and
+    the unit's comment states the daemon's real limits."""
+    import re
+
+    from monitor.app import FINAL_DELIVERY_TIMEOUT, SWITCH_DRAIN_TIMEOUT
+
+    clean_stop = SWITCH_DRAIN_TIMEOUT + FINAL_DELIVERY_TIMEOUT
+    unit = (REPO / "config" / "convai-monitor.service").read_text()
+    stop = re.search(r"^TimeoutStopSec=(\d+)s$", unit, re.MULTILINE)
+    assert stop is not None
+    assert int(stop.group(1)) >= 2 * clean_stop
+    assert f"finish ({SWITCH_DRAIN_TIMEOUT:g} s at most)" in unit
+    assert f"({FINAL_DELIVERY_TIMEOUT:g} s at most)" in unit
+    assert f"gone within {clean_stop:g} s" in unit
+    readme = (REPO / "README.md").read_text()
+    assert f"({SWITCH_DRAIN_TIMEOUT:g} s at most;" in readme
+    assert f"gone within {clean_stop:g} s" in readme
+    for name in ("docker-compose.yaml", "docker-compose.postgres.yaml"):
+        compose = yaml.safe_load((REPO / "config" / name).read_text())
+        for service in compose["services"].values():
+            if "stop_grace_period" in service:
+                assert int(service["stop_grace_period"].rstrip("s")) >= 2 * clean_stop, name
+    for name in ("kubernetes-sidecar.yaml", "kubernetes-sidecar-postgres.yaml"):
+        grace = re.findall(
+            r"terminationGracePeriodSeconds: (\d+)", (REPO / "config" / name).read_text()
+        )
+        assert grace and all(int(g) >= 2 * clean_stop for g in grace), name
+
+
 def test_manifests_parse() -> None:
     compose = yaml.safe_load((REPO / "config" / "docker-compose.yaml").read_text())
     assert "convai-monitor" in compose["services"]
