@@ -68,7 +68,8 @@ def test_every_stop_timeout_leaves_room_for_a_clean_stop() -> None:
         grace = re.findall(
             r"terminationGracePeriodSeconds: (\d+)", (REPO / "config" / name).read_text()
         )
-        assert grace and all(int(g) >= 2 * clean_stop for g in grace), name
+        assert grace, name
+        assert all(int(g) >= 2 * clean_stop for g in grace), name
 
 
 def test_manifests_parse() -> None:
