@@ -35,6 +35,7 @@ import yaml
 from monitor.app import Daemon, open_store
 from monitor.config import build_targets, load_config
 from monitor.domain.health import Health
+from monitor.domain.latency import percentile
 from monitor.logs import setup_logging
 from monitor.loop import run as run_loop
 from monitor.probes import ChatProber
@@ -93,8 +94,10 @@ def _stop(convai: ConvaiSim, sims: list[tuple[EndpointSim, EndpointSim]]) -> Non
 
 
 def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
+    """Nearest rank, as the daemon's own percentiles: the p95 of 20 runs is the 19th."""
+    value = percentile(sorted(values), q)
+    assert value is not None, "no values"
+    return value
 
 
 async def _landed(

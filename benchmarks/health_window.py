@@ -32,6 +32,7 @@ from monitor.domain.health import (
     up_for,
     wants_fast,
 )
+from monitor.domain.latency import percentile
 from monitor.domain.outcome import Verdict
 
 REPROBE_DELAY = 0.05  # the re-probe before a failover follows the verdict at once
@@ -83,8 +84,10 @@ def simulate(
 
 
 def _pct(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[max(0, min(len(ordered) - 1, round(q / 100 * len(ordered) + 0.5) - 1))]
+    """Nearest rank, as the daemon's own percentiles: the p95 of 20 runs is the 19th."""
+    value = percentile(sorted(values), q)
+    assert value is not None, "no values"
+    return value
 
 
 def main(argv: list[str] | None = None) -> int:
