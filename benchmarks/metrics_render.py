@@ -22,6 +22,7 @@ import threading
 import time
 
 from monitor.domain.health import Health
+from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.loop import SWITCH_INTERVAL
 from monitor.metrics import Metrics
 
@@ -30,12 +31,10 @@ def filled(endpoints: int) -> Metrics:
     metrics = Metrics()
     for i in range(endpoints):
         group, endpoint = f"g{i // 10}", f"e{i}"
-        metrics.probes.labels(group, endpoint, "ok").inc()
-        metrics.probe_latency.labels(group, endpoint).observe(0.05)
-        metrics.probe_tokens.labels(group, endpoint, "prompt").inc(12)
-        metrics.probe_tokens.labels(group, endpoint, "completion").inc(1)
-        metrics.health(group, endpoint, Health.UP)
-        metrics.active.labels(group, endpoint).set(1 if i % 10 == 0 else 0)
+        result = ProbeResult(0.0, group, endpoint, Outcome.OK, 50.0, 200, None, 12, 1)
+        metrics.probe(result, Health.UP)
+    for g in range(0, endpoints, 10):
+        metrics.set_active(f"g{g // 10}", [f"e{i}" for i in range(g, g + 10)], f"e{g}")
     return metrics
 
 

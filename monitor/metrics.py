@@ -3,6 +3,9 @@ URL, a key or anything else that could be secret."""
 
 from __future__ import annotations
 
+import threading
+from dataclasses import dataclass, field
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -11,13 +14,12 @@ from prometheus_client import (
     disable_created_metrics,
     generate_latest,
 )
+from prometheus_client.utils import floatToGoString
 
 from monitor.domain.health import Health
 from monitor.domain.outcome import ProbeResult
 
-# No `*_created` series: Prometheus' text format does not use them, and with a latency
-# histogram and three counters per endpoint they were a fifth of every scrape's lines
-# (render time 500 -> 330 ms at 2,000 endpoints; the server thread holds the GIL that long).
+# No `*_created` series: Prometheus' text format does not use them (a fifth of the lines).
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
 # Probe latencies run from a few ms (a local vLLM) to tens of seconds (a cold model).
@@ -26,59 +28,213 @@ _LAG_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 5.0)
 _UP = {Health.UP: 1, Health.DOWN: 0, Health.UNKNOWN: -1}
 
 
+def _number(value: float) -> str:
+    """A sample value as prometheus_client writes it (Go's float formatting)."""
+    return str(floatToGoString(value))  # type: ignore[no-untyped-call]
+
+
+def _label(value: str) -> str:
+    """A label value as the text format escapes it."""
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def _labels(**pairs: str) -> str:
+    # Sorted by name, as prometheus_client writes them, so a scrape reads the same.
+    return ",".join(f'{name}="{_label(value)}"' for name, value in sorted(pairs.items()))
+
+
+@dataclass(slots=True)
+class _Series:
+    """One endpoint's samples, with its label text escaped once, when it first appears."""
+
+    labels: str
+    buckets: list[int]
+    latency_sum: float = 0.0
+    outcomes: dict[str, int] = field(default_factory=dict)
+    tokens: dict[str, int] = field(default_factory=dict)
+    up: int | None = None
+    active: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class _Family:
+    name: str
+    kind: str
+    help: str
+
+    def head(self) -> str:
+        return f"# HELP {self.name} {self.help}\n# TYPE {self.name} {self.kind}\n"
+
+
+_LATENCY = _Family(
+    "convai_monitor_probe_latency_seconds",
+    "histogram",
+    "Latency of probes that got an answer, by group and endpoint.",
+)
+_PROBES = _Family(
+    "convai_monitor_probes_total", "counter", "Probes by group, endpoint and outcome kind."
+)
+_TOKENS = _Family(
+    "convai_monitor_probe_tokens_total",
+    "counter",
+    "Tokens spent by probes as the endpoints reported them, by kind (prompt, completion).",
+)
+_UP_FAMILY = _Family(
+    "convai_monitor_endpoint_up",
+    "gauge",
+    "1 if the endpoint is judged up, 0 if down, -1 while unknown.",
+)
+_ACTIVE = _Family(
+    "convai_monitor_active_endpoint",
+    "gauge",
+    "1 for the endpoint each group points at (as the daemon believes), 0 for the others.",
+)
+_VANTAGE = _Family(
+    "convai_monitor_vantage_endpoint_up",
+    "gauge",
+    "Each instance's own view of each endpoint, as the leader last read it: 1 up, "
+    "0 down, -1 unknown (the leader acts on the quorum of these).",
+)
+_BUCKET_TEXT = tuple(f'le="{_number(b)}"' for b in (*_LATENCY_BUCKETS, float("inf")))
+
+
+class EndpointSeries:
+    """The per-endpoint families, kept and written here rather than by prometheus_client.
+
+    Its exposition validates and escapes every label of every sample on each scrape: at
+    2,000 endpoints (38,000 lines) a render took 330-530 ms, long enough for the server
+    thread's hold on the GIL to show in probe timing every 15 s. Here each endpoint's
+    label text is escaped once, and a render only joins strings. The output is the same
+    text prometheus_client writes (tests/test_metrics.py compares the two).
+    """
+
+    def __init__(self) -> None:
+        self._series: dict[tuple[str, str], _Series] = {}
+        self._vantages: dict[tuple[str, str, str], tuple[str, int]] = {}
+        # Writers are the event loop; the reader is the HTTP server's thread. New keys and
+        # removals take the lock; a render copies under it, then writes without it.
+        self._lock = threading.Lock()
+
+    def _get(self, group: str, endpoint: str) -> _Series:
+        series = self._series.get((group, endpoint))
+        if series is None:
+            with self._lock:
+                series = self._series.setdefault(
+                    (group, endpoint),
+                    _Series(_labels(group=group, endpoint=endpoint), [0] * len(_BUCKET_TEXT)),
+                )
+        return series
+
+    def probe(self, result: ProbeResult, health: Health) -> None:
+        series = self._get(result.group, result.endpoint)
+        kind = result.outcome.value
+        series.outcomes[kind] = series.outcomes.get(kind, 0) + 1
+        if result.latency_ms is not None:
+            seconds = result.latency_ms / 1000.0
+            series.latency_sum += seconds
+            # Cumulative counts are built at render time; here, one bucket per answer.
+            index = next(
+                (i for i, bound in enumerate(_LATENCY_BUCKETS) if seconds <= bound),
+                len(_LATENCY_BUCKETS),
+            )
+            series.buckets[index] += 1
+        for kind, tokens in (
+            ("prompt", result.prompt_tokens),
+            ("completion", result.completion_tokens),
+        ):
+            if tokens:
+                series.tokens[kind] = series.tokens.get(kind, 0) + tokens
+        series.up = _UP[health]
+
+    def health(self, group: str, endpoint: str, health: Health) -> None:
+        self._get(group, endpoint).up = _UP[health]
+
+    def set_active(self, group: str, endpoint: str, active: bool) -> None:
+        self._get(group, endpoint).active = 1 if active else 0
+
+    def vantage(self, group: str, endpoint: str, vantage: str, health: Health) -> None:
+        key = (group, endpoint, vantage)
+        known = self._vantages.get(key)
+        text = (
+            known[0]
+            if known is not None
+            else _labels(group=group, endpoint=endpoint, vantage=vantage)
+        )
+        with self._lock:
+            self._vantages[key] = (text, _UP[health])
+
+    def forget(self, group: str, endpoint: str) -> None:
+        """An endpoint removed from the config: its series leave the scrape."""
+        with self._lock:
+            self._series.pop((group, endpoint), None)
+            for key in [k for k in self._vantages if k[:2] == (group, endpoint)]:
+                del self._vantages[key]
+
+    def render(self) -> str:
+        # The loop thread bumps counters without the lock: each copy below is one C call
+        # that holds the GIL throughout (no Python code runs inside dict() or list()).
+        with self._lock:
+            series = [
+                (
+                    s.labels,
+                    list(s.buckets),
+                    s.latency_sum,
+                    dict(s.outcomes),
+                    dict(s.tokens),
+                    s.up,
+                    s.active,
+                )
+                for s in self._series.values()
+            ]
+            vantages = list(self._vantages.values())
+        latency: list[str] = [_LATENCY.head()]
+        probes: list[str] = [_PROBES.head()]
+        tokens: list[str] = [_TOKENS.head()]
+        up: list[str] = [_UP_FAMILY.head()]
+        active: list[str] = [_ACTIVE.head()]
+        name = _LATENCY.name
+        for labels, buckets, total, outcomes, spent, health, chosen in series:
+            if any(buckets):
+                cumulative = 0
+                for le, count in zip(_BUCKET_TEXT, buckets, strict=True):
+                    cumulative += count
+                    latency.append(f"{name}_bucket{{{labels},{le}}} {cumulative}.0\n")
+                latency.append(f"{name}_count{{{labels}}} {cumulative}.0\n")
+                latency.append(f"{name}_sum{{{labels}}} {_number(total)}\n")
+            for kind, count in sorted(outcomes.items()):
+                probes.append(f'{_PROBES.name}{{{labels},outcome="{_label(kind)}"}} {count}.0\n')
+            for kind, count in sorted(spent.items()):
+                tokens.append(f'{_TOKENS.name}{{{labels},kind="{kind}"}} {count}.0\n')
+            if health is not None:
+                up.append(f"{_UP_FAMILY.name}{{{labels}}} {health}.0\n")
+            if chosen is not None:
+                active.append(f"{_ACTIVE.name}{{{labels}}} {chosen}.0\n")
+        vantage = [_VANTAGE.head()]
+        vantage.extend(f"{_VANTAGE.name}{{{text}}} {value}.0\n" for text, value in vantages)
+        return "".join(
+            "".join(family)
+            for family in (latency, probes, tokens, up, active, vantage)
+            if len(family) > 1
+        )
+
+
 class Metrics:
     """One registry per daemon, so tests and embedded runs do not share counters."""
 
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
-        self.probe_latency = Histogram(
-            "convai_monitor_probe_latency_seconds",
-            "Latency of probes that got an answer, by group and endpoint.",
-            ["group", "endpoint"],
-            buckets=_LATENCY_BUCKETS,
-            registry=r,
-        )
-        self.probes = Counter(
-            "convai_monitor_probes",
-            "Probes by group, endpoint and outcome kind.",
-            ["group", "endpoint", "outcome"],
-            registry=r,
-        )
-        self.probe_tokens = Counter(
-            "convai_monitor_probe_tokens",
-            "Tokens spent by probes as the endpoints reported them, by kind (prompt, completion).",
-            ["group", "endpoint", "kind"],
-            registry=r,
-        )
-        self.endpoint_up = Gauge(
-            "convai_monitor_endpoint_up",
-            "1 if the endpoint is judged up, 0 if down, -1 while unknown.",
-            ["group", "endpoint"],
-            registry=r,
-        )
+        # Per-endpoint families: thousands of series, written by EndpointSeries.
+        self.endpoints = EndpointSeries()
         self.leader = Gauge(
             "convai_monitor_leader",
             "1 while this instance holds the leader lease (it syncs, switches and pages).",
-            registry=r,
-        )
-        self.vantage_up = Gauge(
-            "convai_monitor_vantage_endpoint_up",
-            "Each instance's own view of each endpoint, as the leader last read it: 1 up, "
-            "0 down, -1 unknown (the leader acts on the quorum of these).",
-            ["group", "endpoint", "vantage"],
             registry=r,
         )
         self.isolated = Gauge(
             "convai_monitor_isolated",
             "1 while this instance sees every endpoint and Convai unreachable (its view of "
             "the endpoints is not counted).",
-            registry=r,
-        )
-        self.active = Gauge(
-            "convai_monitor_active_endpoint",
-            "1 for the endpoint each group points at (as the daemon believes), 0 for the others.",
-            ["group", "endpoint"],
             registry=r,
         )
         self.switches = Counter(
@@ -112,31 +268,23 @@ class Metrics:
         )
 
     def probe(self, result: ProbeResult, health: Health) -> None:
-        self.probes.labels(result.group, result.endpoint, result.outcome.value).inc()
-        if result.latency_ms is not None:
-            self.probe_latency.labels(result.group, result.endpoint).observe(
-                result.latency_ms / 1000.0
-            )
-        for kind, tokens in (
-            ("prompt", result.prompt_tokens),
-            ("completion", result.completion_tokens),
-        ):
-            if tokens:
-                self.probe_tokens.labels(result.group, result.endpoint, kind).inc(tokens)
-        self.health(result.group, result.endpoint, health)
+        self.endpoints.probe(result, health)
 
     def health(self, group: str, endpoint: str, health: Health) -> None:
-        self.endpoint_up.labels(group, endpoint).set(_UP[health])
+        self.endpoints.health(group, endpoint, health)
 
     def vantage_health(self, group: str, endpoint: str, vantage: str, health: Health) -> None:
-        self.vantage_up.labels(group, endpoint, vantage).set(_UP[health])
+        self.endpoints.vantage(group, endpoint, vantage, health)
 
     def set_active(self, group: str, endpoints: list[str], active: str | None) -> None:
         for name in endpoints:
-            self.active.labels(group, name).set(1 if name == active else 0)
+            self.endpoints.set_active(group, name, name == active)
+
+    def forget(self, group: str, endpoint: str) -> None:
+        self.endpoints.forget(group, endpoint)
 
     def convai_call(self, operation: str, outcome: str) -> None:
         self.convai_calls.labels(operation, outcome).inc()
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        return generate_latest(self.registry) + self.endpoints.render().encode()

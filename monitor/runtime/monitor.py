@@ -192,6 +192,7 @@ class Monitor:
 
     def remove_target(self, key: EndpointKey) -> None:
         self.targets.pop(key, None)
+        self.metrics.forget(*key)  # no stale series for an endpoint nobody watches
         if self.scheduler.get_job(_job_id(key)) is not None:
             self.scheduler.remove_job(_job_id(key))
 
