@@ -25,7 +25,7 @@ from monitor.domain.health import HealthState
 from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.runtime.recorder import Recorder
 from monitor.sim.convai import ConvaiSim
-from monitor.sim.openai import EndpointSim
+from monitor.sim.openai import Behaviour, EndpointSim
 from monitor.store import Store
 from tests.harness import GROUP, World, cli_json, make_world, running, wait_for
 
@@ -161,3 +161,39 @@ async def test_on_time_probes_keep_their_grid_without_rescheduling(world: World)
         assert len(times) >= 3
         gaps = [round(later - earlier, 3) for earlier, later in itertools.pairwise(times)]
         assert set(gaps) == {1.0}, gaps
+
+
+async def test_a_steady_group_is_not_re_decided_every_tick_but_any_change_is(
+    world: World,
+) -> None:
+    """A group on its healthy primary with nothing pending is evaluated once, then left
+    alone by the tick; a health change, an operator's write or a reload brings it back."""
+    config = world.config()
+    async with running(config) as daemon:
+        assert daemon.engine is not None
+        evaluator = daemon.engine.evaluator
+        runs: list[float] = []
+        evaluate = evaluator._evaluate
+
+        async def counted(group: Any) -> None:
+            runs.append(time.monotonic())
+            await evaluate(group)
+
+        evaluator._evaluate = counted  # type: ignore[method-assign]
+        await wait_for(lambda: GROUP in evaluator.steady, what="steady")
+        # Its first evaluations write its record (state, key digest): one more look then.
+        await asyncio.sleep(1.0)
+        assert GROUP in evaluator.steady
+        quiet_from = len(runs)
+        await asyncio.sleep(2.0)  # several decide ticks (at most 1 s apart)
+        assert len(runs) == quiet_from, "a steady group was re-evaluated with nothing new"
+        # Its standby goes down: a transition, evaluated at once, and the group stays.
+        world.sims["b"].set(Behaviour.REFUSE)
+        await wait_for(lambda: len(runs) > quiet_from, what="evaluated on b's change")
+        # Its primary goes down: the usual failover, nothing skipped.
+        world.sims["a"].set(Behaviour.REFUSE)
+        world.sims["b"].set(Behaviour.OK)
+        await wait_for(
+            lambda: world.registered()["base_url"] == world.sims["b"].base_url, what="failover"
+        )
+        assert GROUP not in evaluator.steady  # failed over: timers (failback) matter now

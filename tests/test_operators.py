@@ -429,6 +429,9 @@ async def test_retry_backoff_starts_afresh_after_an_incident_that_ended(world: W
         actor = daemon.engine.evaluator.actor
         # An earlier incident's failed switches left the backoff at 64 s.
         actor.retry[GROUP] = (0.0, 64.0)
+        # Set from outside, so also undo what the failed switches' evaluations would have:
+        # a group with a retry pending is never skipped as steady.
+        daemon.engine.evaluator.steady.pop(GROUP, None)
         await asyncio.sleep(0.5)  # evaluations of a healthy group: that incident is over
         world.convai.fail_next("update", 404, times=1, message="Model not found")
         world.sims["a"].set(Behaviour.REFUSE)

@@ -104,6 +104,7 @@ class Engine:
         Convai's list, exactly as a restart does, before anything is evaluated."""
         self.syncer.reconciled = False
         self.syncer.last_attempt = 0.0  # now, not after the retry pause
+        self.evaluator.steady.clear()  # another leader may have moved any group meanwhile
 
     async def sync(self) -> None:
         if self.ctx.leading():
