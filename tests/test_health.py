@@ -17,9 +17,11 @@ from monitor.domain.health import (
     in_transition,
     judge,
     next_delay,
+    rate_failing,
     recovering,
     up_for,
     wants_fast,
+    withdraw,
 )
 from monitor.domain.outcome import Outcome, Verdict
 
@@ -345,3 +347,34 @@ def test_a_streak_inside_a_failing_rate_is_not_cancelled_by_one_success() -> Non
     blip = play([*HEALTHY, *HEALTHY, F, F, F], DEFAULTS)
     answered, _ = judge(blip, P, 30.0, DEFAULTS, 10.0)
     assert recovering(answered, 30.0, DEFAULTS)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_the_remembered_last_failure_decides_as_a_full_scan_would(seed: int) -> None:
+    """`last_failure_at` only spares scans: every verdict, rate judgement and cadence
+    comes out as from a state that has to scan its samples (None), through blips,
+    brownouts, withdrawn deadline misses and quiet stretches longer than the window."""
+    import random
+
+    rng = random.Random(seed)
+    limits = Thresholds(rise=2, fall=3, rate=FailureRate(window=20.0, min_probes=5, threshold=0.3))
+    fast, scanned = HealthState(), HealthState()
+    now = 0.0
+    for _ in range(3000):
+        now += rng.choice((0.5, 1.0, 5.0, 30.0))
+        rate = rng.choice((0.0, 0.05, 0.5, 1.0))
+        verdict = Verdict.FAIL if rng.random() < rate else Verdict.PASS
+        fast, moved = judge(fast, verdict, now, limits, 50.0)
+        scanned, moved_scanned = judge(
+            replace(scanned, last_failure_at=None), verdict, now, limits, 50.0
+        )
+        assert (fast.health, fast.cause, moved) == (scanned.health, scanned.cause, moved_scanned)
+        later = now + rng.choice((0.1, 10.0, 25.0))
+        assert rate_failing(fast, later, limits) == rate_failing(
+            replace(scanned, last_failure_at=None), later, limits
+        )
+        assert wants_fast(fast, later, limits) == wants_fast(
+            replace(scanned, last_failure_at=None), later, limits
+        )
+        if verdict is Verdict.FAIL and rng.random() < 0.2:  # a late answer withdraws it
+            fast, scanned = withdraw(fast, now), withdraw(scanned, now)

@@ -79,6 +79,10 @@ class HealthState:
     inconclusive: int = 0  # consecutive
     cause: Cause | None = None  # why it is down (None unless down)
     samples: tuple[Sample, ...] = ()  # recent pass/fail probes, oldest first
+    # When the newest failed sample was taken (-inf: none kept); None when not known (a
+    # state built by hand), and then the samples are scanned. It lets a healthy endpoint's
+    # probe skip scanning its window twice (rate and cadence), most probes' whole cost here.
+    last_failure_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,13 +125,20 @@ def judge(
         return new, None
     failed = verdict is Verdict.FAIL
     sample = Sample(now, failed, None if failed else latency_ms)
-    state = replace(
-        state,
+    last_failure = state.last_failure_at
+    if last_failure is None:
+        last_failure = max((s.at for s in state.samples if s.failed), default=-math.inf)
+    # Built directly: dataclasses.replace() looks every field up by name, once per probe.
+    state = HealthState(
+        health=state.health,
         successes=0 if failed else state.successes + 1,
         failures=state.failures + 1 if failed else 0,
-        inconclusive=0,
+        since=state.since,
         last_probe_at=now,
+        inconclusive=0,
+        cause=state.cause,
         samples=_keep((*state.samples, sample), now, limits),
+        last_failure_at=now if failed else last_failure,
     )
     if state.health is not Health.DOWN:
         cause = _down_cause(state, now, limits)
@@ -182,8 +193,15 @@ def window(state: HealthState, now: float, span: float) -> Window:
     )
 
 
+def _no_failure_within(state: HealthState, now: float, span: float) -> bool:
+    """Known without a scan that no failed sample is in the last `span` seconds."""
+    return state.last_failure_at is not None and state.last_failure_at <= now - span
+
+
 def rate_failing(state: HealthState, now: float, limits: Thresholds) -> bool:
     """The failure rate over the window has reached the threshold (enough probes seen)."""
+    if _no_failure_within(state, now, limits.rate.window):
+        return False
     seen = window(state, now, limits.rate.window)
     # At least `fall` failures too: with a small min_probes, a couple of blips in a
     # short window must not outvote the streak rule.
@@ -314,7 +332,9 @@ def wants_fast(state: HealthState, now: float, limits: Thresholds) -> bool:
         return True
     if state.health is Health.DOWN:
         return False
-    return window(state, now, limits.rate.window).failures > 0 or looks_slow(state, now, limits)
+    span = limits.rate.window
+    failing = not _no_failure_within(state, now, span) and window(state, now, span).failures > 0
+    return failing or looks_slow(state, now, limits)
 
 
 def next_delay(state: HealthState, interval: float, fast_interval: float) -> float:

@@ -83,8 +83,25 @@ class Counters:
     last_tick: float = 0.0
 
 
+# Built once per policy object (policies are frozen): thresholds() runs several times per
+# probe, and building two dataclasses each time was 2-3% of the daemon's CPU. The policy
+# is kept beside its limits so its id cannot be reused while the entry lives.
+_LIMITS: dict[int, tuple[Policy, Thresholds]] = {}
+
+
 def thresholds(policy: Policy) -> Thresholds:
     """The health machine's limits from a group's policy."""
+    known = _LIMITS.get(id(policy))
+    if known is not None and known[0] is policy:
+        return known[1]
+    if len(_LIMITS) >= 4096:  # policies of configs long reloaded away
+        _LIMITS.clear()
+    limits = _thresholds(policy)
+    _LIMITS[id(policy)] = (policy, limits)
+    return limits
+
+
+def _thresholds(policy: Policy) -> Thresholds:
     rate = policy.failure_rate
     return Thresholds(
         rise=policy.rise,
