@@ -13,13 +13,24 @@ import zlib
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 from alembic import command
 from alembic.config import Config as AlembicConfig
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, select, update
+from sqlalchemy import (
+    Engine,
+    Table,
+    bindparam,
+    create_engine,
+    delete,
+    event,
+    func,
+    insert,
+    select,
+    update,
+)
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
@@ -30,6 +41,19 @@ from monitor.domain.health import Health, HealthState
 from monitor.domain.latency import Bucket, hist_percentile, histogram, merge, percentile
 from monitor.domain.outcome import ProbeResult
 from monitor.store.tables import EndpointRow, MetaRow, ResultRow, RollupRow, VantageHealthRow
+
+
+# The hot path writes through the tables, not the ORM classes: given a list of rows, an
+# ORM statement goes through SQLAlchemy's bulk-ORM machinery, which builds a cache key
+# over every value of every row; a Core statement is one cached executemany.
+def _table(row: type[DeclarativeBase]) -> Table:
+    return cast(Table, row.__table__)
+
+
+RESULTS = _table(ResultRow)
+_ENDPOINTS = _table(EndpointRow)
+# SET takes the row's other keys (health, successes, ...).
+ENDPOINT_HEALTH = update(_ENDPOINTS).where(_ENDPOINTS.c.id == bindparam("endpoint_id"))
 
 # Meta key prefix of an endpoint's adapted probe shape (a key per endpoint id): a small
 # JSON document, kept out of the endpoint table so no migration is needed for it.
@@ -106,10 +130,21 @@ def upsert(
     if not rows:
         return
     dialect = session.get_bind().dialect.name
-    build = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    statement = build(table)
-    changed = {k: statement.excluded[k] for k in rows[0] if k not in keys}
-    session.execute(statement.on_conflict_do_update(index_elements=list(keys), set_=changed), rows)
+    columns = tuple(rows[0])
+    cache = (dialect, table.__tablename__, tuple(keys), columns)
+    statement = _UPSERTS.get(cache)
+    if statement is None:
+        # Built once per shape: `excluded` and the SET clause cost more than the write
+        # (the probe batch upserts every vantage's health several times a second).
+        build = postgresql.insert if dialect == "postgresql" else sqlite.insert
+        base = build(_table(table))
+        changed = {k: base.excluded[k] for k in columns if k not in keys}
+        statement = base.on_conflict_do_update(index_elements=list(keys), set_=changed)
+        _UPSERTS[cache] = statement
+    session.execute(statement, rows)
+
+
+_UPSERTS: dict[tuple[str, str, tuple[str, ...], tuple[str, ...]], Any] = {}
 
 
 def exclusive(session: Session, name: str) -> None:
@@ -368,7 +403,7 @@ class Store:
         with self.session() as session, session.begin():
             if results:
                 session.execute(
-                    insert(ResultRow),
+                    insert(RESULTS),
                     [
                         {
                             "endpoint_id": endpoint_id,
@@ -387,10 +422,10 @@ class Store:
                 )
             if states and shared:
                 session.execute(
-                    update(EndpointRow),
+                    ENDPOINT_HEALTH,
                     [
                         {
-                            "id": endpoint_id,
+                            "endpoint_id": endpoint_id,
                             "health": s.health.value,
                             "successes": s.successes,
                             "failures": s.failures,
