@@ -23,6 +23,7 @@ from monitor.domain.failover import (
     group_state,
 )
 from monitor.domain.health import (
+    UNPROBED,
     Cause,
     Health,
     HealthState,
@@ -103,7 +104,7 @@ class Evaluator:
         """Held standby-down notices: sent once the quorum sees the endpoint down too,
         forgotten once our own view of it is no longer down."""
         for key, notice in list(self.held.items()):
-            state = self.ctx.monitor.states.get(key, HealthState())
+            state = self.ctx.monitor.states.get(key, UNPROBED)
             target = self.ctx.monitor.targets.get(key)
             if state.health is not Health.DOWN or target is None:
                 del self.held[key]
@@ -146,7 +147,7 @@ class Evaluator:
             if known is not None:
                 states = self.ctx.monitor.states
                 healths = tuple(
-                    states.get((name, e.name), HealthState()).health for e in group.endpoints
+                    states.get((name, e.name), UNPROBED).health for e in group.endpoints
                 )
                 if known == self._facts(group, records.get(name), healths):
                     continue
@@ -205,7 +206,7 @@ class Evaluator:
         can be switched; but every endpoint being down is known, and is paged now."""
         name = group.model_group_name
         states = self.ctx.monitor.states
-        healths = [states.get((name, e.name), HealthState()).health for e in group.endpoints]
+        healths = [states.get((name, e.name), UNPROBED).health for e in group.endpoints]
         if all(h is Health.DOWN for h in healths) and name not in self.unsynced_down:
             self.unsynced_down.add(name)
             self.ctx.monitor.urgent.add(name)
@@ -310,7 +311,7 @@ class Evaluator:
         endpoints = []
         for endpoint in group.endpoints:
             key = (group.model_group_name, endpoint.name)
-            state = self.ctx.monitor.states.get(key, HealthState())
+            state = self.ctx.monitor.states.get(key, UNPROBED)
             up_since = state.since if state.health is Health.UP else None
             own = EndpointView(
                 endpoint.name,

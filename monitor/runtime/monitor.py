@@ -28,6 +28,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 from monitor.config import Policy, Target
 from monitor.domain.deadline import DeadlineRule, LatencyWindow, deadline, late_verdict
 from monitor.domain.health import (
+    UNPROBED,
     FailureRate,
     Health,
     HealthState,
@@ -345,10 +346,10 @@ class Monitor:
         ):
             # A probe of the endpoint's old URL (or key) that finished after a reload or a
             # key file changed it: it says nothing about the endpoint as it is now.
-            return self.states.get(key, HealthState()), None
+            return self.states.get(key, UNPROBED), None
         now = time.time()
         state, transition = judge(
-            self.states.get(key, HealthState()),
+            self.states.get(key, UNPROBED),
             result.outcome.verdict,
             now,
             thresholds(target.policy),

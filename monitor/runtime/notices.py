@@ -7,7 +7,7 @@ from collections.abc import Callable
 from typing import Any
 
 from monitor.config import Target
-from monitor.domain.health import Health, HealthState, Transition
+from monitor.domain.health import UNPROBED, Health, HealthState, Transition
 from monitor.domain.outcome import Outcome, ProbeResult, Verdict
 from monitor.store import EndpointKey
 
@@ -97,7 +97,7 @@ class Notices:
             for k, t in self.targets.items()
             if t.group == target.group
             and t.endpoint not in (target.endpoint, active)
-            and self.states.get(k, HealthState()).health is Health.UP
+            and self.states.get(k, UNPROBED).health is Health.UP
         ]
         tail = (
             f"failover would still have {', '.join(others)}"

@@ -6,7 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from monitor.config import Target
-from monitor.domain.health import HealthState
+from monitor.domain.health import UNPROBED, HealthState
 from monitor.runtime.monitor import Monitor
 from monitor.store import EndpointKey
 
@@ -43,9 +43,9 @@ def retarget(
     for key in changed:
         if old[key].base_url != new[key].base_url:
             # Another URL is another endpoint: its health starts afresh.
-            monitor.states[key] = states.get(key, HealthState())
+            monitor.states[key] = states.get(key, UNPROBED)
     for key in added:
-        monitor.states[key] = states.get(key, HealthState())
+        monitor.states[key] = states.get(key, UNPROBED)
     monitor.add_targets([new[k] for k in changed + added])
     return TargetChanges(added, removed, changed)
 
