@@ -26,6 +26,8 @@ Modes:
   run at once on the same core; each is charged its own CPU from /proc, and the ratio of
   CPU per probe is printed. blackbox_exporter's figure includes answering those /probe
   requests (as it must for Prometheus), the daemon's includes everything listed above.
+- `floor`: started by the two modes above, beside the sim, through the measured window:
+  sequential requests from a minimal client, whose error is the sim's own under that load.
 - `loop`: the scheduler, prober, health loop and recorder in this process (no failover
   engine, Convai, server or logging): the probe path alone, with exact lag and error
   percentiles.
@@ -147,11 +149,12 @@ def stop_server(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
-def calibrate(origin: str, count: int, delay: float) -> list[float]:
+def calibrate(origin: str, count: int, delay: float, pause: float = 0.0) -> list[float]:
     """The sim's own floor: sequential requests from a minimal client, minus the delay.
 
     Python's http.server and time.sleep in the sim take a share of the error budget that
     no monitor could remove; this shows how much, so the error below can be read against it.
+    `pause`: seconds between requests (the floor under load is sampled over the window).
     """
     parts = urlsplit(origin)
     connection = http.client.HTTPConnection(parts.hostname or "127.0.0.1", parts.port, timeout=10)
@@ -167,9 +170,26 @@ def calibrate(origin: str, count: int, delay: float) -> list[float]:
             response = connection.getresponse()
             response.read()
             errors.append((time.perf_counter() - started - delay) * 1000.0)
+            if pause:
+                time.sleep(pause)
     finally:
         connection.close()
     return sorted(errors)
+
+
+def start_floor(origin: str, delay: float, seconds: float, cpus: set[int] | None) -> Any:
+    """The same floor, sampled while the monitor is under load: a process of its own on the
+    sim's CPU (in this script its requests would wait on this script's own work), so it
+    meets the sim exactly as busy as the monitor's probes do."""
+    count = max(1, int(seconds / (FLOOR_PAUSE + delay)))
+    command = [sys.executable, __file__, "--mode", "floor", "--origin", origin]
+    command += ["--delay", str(delay), "--calibrate", str(count)]
+    return spawn(command, cpus, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
+
+
+def floor_result(process: Any) -> list[float]:
+    out, _ = process.communicate(timeout=60)
+    return sorted(float(x) for x in json.loads(out or "[]"))
 
 
 # --- the run -------------------------------------------------------------------------------
@@ -363,6 +383,10 @@ def report(summary: dict[str, Any]) -> None:
 CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BLACKBOX = "prometheus-blackbox-exporter"
 SCRAPE_EVERY = 15.0  # Prometheus' default scrape interval
+FLOOR_PAUSE = 0.05  # between the loaded floor's requests: a light load of its own
+# blackbox_exporter's phases from the request written to the body read: the span the
+# daemon's latency covers (its own connect is left out: the daemon reuses connections).
+EXCHANGE_PHASES = ("processing", "transfer")
 READY_TIMEOUT = 120.0  # plus the start-up round (spread at STARTUP_RATE probes/s)
 
 
@@ -531,6 +555,7 @@ class Driver:
 
     completed: list[tuple[float, bool]] = field(default_factory=list)  # (done at, success)
     failures: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[tuple[float, float]] = field(default_factory=list)  # (done at, ms)
 
     async def run(
         self, session: aiohttp.ClientSession, exporter: str, urls: list[str], interval: float
@@ -559,7 +584,22 @@ class Driver:
         except aiohttp.ClientError as exc:
             self.failures[type(exc).__name__] += 1
             return
-        self.completed.append((time.time(), "\nprobe_success 1" in text))
+        done = time.time()
+        self.completed.append((done, "\nprobe_success 1" in text))
+        phases = exchange_seconds(text)
+        if phases is not None:
+            self.latencies_ms.append((done, phases * 1000.0))
+
+
+def exchange_seconds(text: str) -> float | None:
+    """blackbox_exporter's own measure of one probe's exchange, from its /probe reply."""
+    total, seen = 0.0, 0
+    for line in text.splitlines():
+        for phase in EXCHANGE_PHASES:
+            if line.startswith(f'probe_http_duration_seconds{{phase="{phase}"}} '):
+                total += float(line.rsplit(" ", 1)[1])
+                seen += 1
+    return total if seen == len(EXCHANGE_PHASES) else None
 
 
 async def get_text(session: aiohttp.ClientSession, url: str) -> tuple[int, str]:
@@ -599,6 +639,8 @@ async def measure_processes(
     base: str,
     blackbox: tuple[Any, str] | None,
     urls: list[str],
+    origin: str,
+    sim_cpus: set[int] | None,
 ) -> dict[str, Any]:
     connector = aiohttp.TCPConnector(limit=0)
     timeout = aiohttp.ClientTimeout(total=60)
@@ -615,6 +657,7 @@ async def measure_processes(
             pids = {"daemon": daemon.pid} | ({"blackbox": blackbox[0].pid} if blackbox else {})
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             wall0 = time.time()
+            floor = start_floor(origin, args.delay, args.duration, sim_cpus)
             first_text = (await get_text(session, f"{base}/metrics"))[1]
             bb0 = len(driver.completed)
             last_text = first_text
@@ -628,6 +671,7 @@ async def measure_processes(
             wall1 = time.time()
             cpu1 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             bb1 = len(driver.completed)
+            loaded = await asyncio.to_thread(floor_result, floor)
             usage = {
                 name: Usage(cpu1[name] - cpu0[name], *memory_mb(pid)) for name, pid in pids.items()
             }
@@ -637,6 +681,8 @@ async def measure_processes(
                 with contextlib.suppress(asyncio.CancelledError):
                     await driving
     window = driver.completed[bb0:bb1]
+    delay_ms = args.delay * 1000.0
+    theirs = sorted(ms - delay_ms for at, ms in driver.latencies_ms if wall0 <= at < wall1)
     first, last = parse_metrics(first_text), parse_metrics(last_text)
     return {
         "ready_s": ready_s,
@@ -649,6 +695,11 @@ async def measure_processes(
         "blackbox_probes": len(window),
         "blackbox_success": sum(ok for _, ok in window),
         "blackbox_failures": dict(driver.failures),
+        "blackbox_error_p50_ms": percentile(theirs, 50),
+        "blackbox_error_p99_ms": percentile(theirs, 99),
+        "loaded_floor_samples": len(loaded),
+        "loaded_floor_p50_ms": percentile(loaded, 50),
+        "loaded_floor_p99_ms": percentile(loaded, 99),
     }
 
 
@@ -698,7 +749,9 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
             ]
             try:
                 summary = run_loop(
-                    measure_processes(args, daemon, f"http://{listen}", blackbox, urls)
+                    measure_processes(
+                        args, daemon, f"http://{listen}", blackbox, urls, origin, others
+                    )
                 )
             finally:
                 stop_process(daemon)
@@ -774,6 +827,9 @@ def report_processes(summary: dict[str, Any]) -> None:
         f"sim floor            p50 {_ms(summary['floor_p50_ms'])}, "
         f"p99 {_ms(summary['floor_p99_ms'])} ({summary['floor_samples']} sequential "
         "requests from http.client: the sim's own share)",
+        f"sim floor, loaded    p50 {_ms(summary['loaded_floor_p50_ms'])}, "
+        f"p99 {_ms(summary['loaded_floor_p99_ms'])} ({summary['loaded_floor_samples']} "
+        "requests through the window, from a process beside the sim)",
         f"missed runs          {summary['missed']:.0f}",
         f"outcomes             {json.dumps(summary['outcomes'], sort_keys=True)} (stored)",
         f"daemon log           {summary['log_lines']} lines, warnings and errors: "
@@ -797,6 +853,9 @@ def report_processes(summary: dict[str, Any]) -> None:
             + f"), {theirs.cpu_s:.2f} s cpu = {theirs.cpu_s / elapsed:.1%} of one core, "
             + ("n/a" if their_per is None else f"{their_per:.3f} ms cpu/probe")
             + f", rss {theirs.rss_mb:.0f} MB (peak {theirs.peak_rss_mb:.0f} MB)",
+            f"blackbox latency err p50 {_ms(summary['blackbox_error_p50_ms'])}, "
+            f"p99 {_ms(summary['blackbox_error_p99_ms'])} (its processing + transfer phases "
+            "minus server delay)",
             "ratio                "
             + ("n/a" if ratio is None else f"{ratio:.2f}")
             + " (daemon cpu/probe over blackbox_exporter's)",
@@ -824,7 +883,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0] if __doc__ else None)
     parser.add_argument(
         "--mode",
-        choices=["daemon", "side-by-side", "loop"],
+        choices=["daemon", "side-by-side", "loop", "floor"],
         default="side-by-side",
         help="what is measured (see the module doc; default side-by-side)",
     )
@@ -841,7 +900,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--json", action="store_true", help="also print a JSON summary")
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
+    parser.add_argument(
+        "--origin", default=None, help="the sim to sample (--mode floor, which the others start)"
+    )
     args = parser.parse_args(argv)
+    if args.mode == "floor" and not args.origin:
+        parser.error("--mode floor needs --origin")
     if args.endpoints < 1 or args.interval <= 0 or args.duration <= 0 or args.delay < 0:
         parser.error("--endpoints, --interval and --duration must be positive, --delay >= 0")
     if args.calibrate < 0:
@@ -858,6 +922,10 @@ def main(argv: list[str] | None = None) -> int:
     setup_logging("warning")
     cpus = sorted(os.sched_getaffinity(0))
     pinned = not args.no_pin and len(cpus) >= 2
+    if args.mode == "floor":
+        # Started by the other modes: the sim's floor under load, as JSON on stdout.
+        print(json.dumps(calibrate(args.origin, args.calibrate, args.delay, FLOOR_PAUSE)))
+        return 0
     if args.mode != "loop":
         summary = run_processes(args, cpus, pinned)
         report_processes(summary)

@@ -40,6 +40,15 @@ def redact_processor(
     return event_dict
 
 
+# The level setup_logging set; None: structlog's default, which prints every level.
+_level: int | None = None
+
+
+def debug_enabled() -> bool:
+    """Whether a debug event would be printed: a hot path asks before building one."""
+    return _level is None or _level <= logging.DEBUG
+
+
 def setup_logging(
     level: str = "info", stream: TextIO | None = None, json: bool | None = None
 ) -> None:
@@ -59,6 +68,8 @@ def setup_logging(
         redact_processor,  # last before rendering: it sees everything that will be printed
         renderer,
     ]
+    global _level
+    _level = logging.getLevelNamesMapping()[level.upper()]
     structlog.configure(
         processors=processors,
         wrapper_class=structlog.make_filtering_bound_logger(

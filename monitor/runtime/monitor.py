@@ -10,7 +10,6 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from typing import Any
 
 import structlog
 from apscheduler.events import (
@@ -39,6 +38,7 @@ from monitor.domain.health import (
     withdraw,
 )
 from monitor.domain.outcome import ProbeResult, Verdict
+from monitor.logs import debug_enabled
 from monitor.metrics import Metrics
 from monitor.probes import ChatProber, ProbeShape
 from monitor.runtime.jobs import Jobs
@@ -367,20 +367,24 @@ class Monitor:
         endpoint_id = self.endpoint_ids.get(key)
         if endpoint_id is not None:
             self.recorder.add(endpoint_id, result, state)
-        bound = log.bind(group=target.group, endpoint=target.endpoint)
-        bound.debug(
-            "probe_completed",
-            outcome=result.outcome.value,
-            latency_ms=round(result.latency_ms, 1) if result.latency_ms is not None else None,
-            http_status=result.http_status,
-        )
+        # A logger bound per probe cost as much as judging it: bound only to log.
+        if debug_enabled():
+            log.debug(
+                "probe_completed",
+                group=target.group,
+                endpoint=target.endpoint,
+                outcome=result.outcome.value,
+                latency_ms=round(result.latency_ms, 1) if result.latency_ms is not None else None,
+                http_status=result.http_status,
+            )
         if not result.ok:
-            self._log_failure(key, bound, result, state, transition)
-        else:
+            self._log_failure(key, result, state, transition)
+        elif self._failing:
             self._failing.pop(key, None)
         if transition is not None:
             event = {Health.UP: "endpoint_up", Health.DOWN: "endpoint_down"}.get(transition.after)
             if event is not None:
+                bound = log.bind(group=target.group, endpoint=target.endpoint)
                 level = bound.warning if transition.after is Health.DOWN else bound.info
                 level(event, before=transition.before.value, outcome=result.outcome.value)
         for listener in self.listeners:
@@ -390,7 +394,6 @@ class Monitor:
     def _log_failure(
         self,
         key: EndpointKey,
-        bound: Any,
         result: ProbeResult,
         state: HealthState,
         transition: Transition | None,
@@ -414,8 +417,10 @@ class Monitor:
         repeated = last[2] if last is not None and last[0] == signature else 0
         self._failing[key] = (signature, now, 0)
         extra = {"repeated": repeated, "over_s": round(now - last[1])} if repeated and last else {}
-        bound.info(
+        log.info(
             "probe_failed",
+            group=key[0],
+            endpoint=key[1],
             outcome=result.outcome.value,
             http_status=result.http_status,
             detail=result.detail,
