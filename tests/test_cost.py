@@ -23,6 +23,7 @@ from monitor.cli import main
 from monitor.config import load_config
 from monitor.domain.health import HealthState
 from monitor.domain.outcome import Outcome, ProbeResult
+from monitor.runtime.monitor import PROBE_SLOT
 from monitor.runtime.recorder import Recorder
 from monitor.sim.convai import ConvaiSim
 from monitor.sim.openai import Behaviour, EndpointSim
@@ -161,6 +162,22 @@ async def test_on_time_probes_keep_their_grid_without_rescheduling(world: World)
         assert len(times) >= 3
         gaps = [round(later - earlier, 3) for earlier, later in itertools.pairwise(times)]
         assert set(gaps) == {1.0}, gaps
+
+
+async def test_probe_grids_lie_on_shared_slots(world: World) -> None:
+    # APScheduler's cost is per wake-up more than per job: endpoints placed on common
+    # slots share wake-ups (at 2,000 endpoints, half the daemon's CPU per probe).
+    config = world.config(interval=1.0, timeout=0.9, deadline_floor=0.9)
+    async with running(config) as daemon:
+        grids = [
+            job.trigger.start_date.timestamp()
+            for job in daemon.scheduler.get_jobs()
+            if job.id.startswith("probe:")
+        ]
+    assert len(grids) == 2
+    for at in grids:
+        slots = at / PROBE_SLOT
+        assert abs(slots - round(slots)) < 1e-3, at
 
 
 async def test_a_steady_group_is_not_re_decided_every_tick_but_any_change_is(

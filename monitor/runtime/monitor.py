@@ -67,6 +67,13 @@ SLOW_STORE = 1.0
 # A next run this close to the one APScheduler holds is the same run (datetimes keep
 # microseconds; the grid arithmetic differs from its own in the last float digits).
 GRID_TOLERANCE = 0.001
+# Endpoints' grids are placed on slots this far apart, so that at a few hundred probes a
+# second each scheduler wake-up starts several probes instead of one. APScheduler's cost
+# is per wake-up more than per job: 500 jobs at 100 runs/s cost 566 us of CPU per run
+# spread continuously, 368 us on 20 ms slots, 138 us on 50 ms slots (README, Performance).
+# Kept short: the answers of one slot also arrive together and are read one after the
+# other, which a longer slot would add to their measured latency.
+PROBE_SLOT = 0.025
 # The same failure of an endpoint already down is logged this often, with a count.
 REPEAT_LOG_EVERY = 60.0
 
@@ -116,6 +123,11 @@ def _thresholds(policy: Policy) -> Thresholds:
 
 def deadline_rule(policy: Policy) -> DeadlineRule:
     return DeadlineRule(policy.deadline_floor, policy.deadline_factor, policy.timeout)
+
+
+def slot(at: float) -> float:
+    """The probe slot nearest to `at` (epoch seconds)."""
+    return round(at / PROBE_SLOT) * PROBE_SLOT
 
 
 def _job_id(key: EndpointKey) -> str:
@@ -182,7 +194,7 @@ class Monitor:
             self.states.setdefault(key, HealthState())
             interval = target.policy.interval
             share = index / max(1, len(batch))
-            self._grid[key] = now + share * interval
+            self._grid[key] = slot(now + share * interval)
             # Not capped at the interval: with the rise confirmations that follow each
             # first probe, the start-up load must stay near the steady-state rate.
             spread = max(min(interval, STARTUP_SPREAD), len(batch) / STARTUP_RATE)
