@@ -69,8 +69,8 @@ SLOW_STORE = 1.0
 GRID_TOLERANCE = 0.001
 # Endpoints' grids are placed on slots this far apart, so that at a few hundred probes a
 # second each scheduler wake-up starts several probes instead of one. APScheduler's cost
-# is per wake-up more than per job: 500 jobs at 100 runs/s cost 566 us of CPU per run
-# spread continuously, 368 us on 20 ms slots, 138 us on 50 ms slots (README, Performance).
+# is per wake-up more than per job: 500 jobs at 100 runs/s cost 523 us of CPU per run
+# spread continuously, 252 us on 25 ms slots, 153 us on 50 ms (scheduler_slots.py).
 # Kept short: the probes of one slot reach their servers together, and a server that
 # serves several endpoints answers the last of them later (the benchmark's one simulator
 # process: latency error p50 +1 ms at 25 ms slots and 200 probes/s).
