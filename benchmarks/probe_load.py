@@ -652,6 +652,7 @@ async def measure_processes(
             if blackbox is not None
             else None
         )
+        floor: Any = None
         try:
             await asyncio.sleep(args.warmup if args.warmup is not None else 3 * args.interval)
             pids = {"daemon": daemon.pid} | ({"blackbox": blackbox[0].pid} if blackbox else {})
@@ -676,6 +677,9 @@ async def measure_processes(
                 name: Usage(cpu1[name] - cpu0[name], *memory_mb(pid)) for name, pid in pids.items()
             }
         finally:
+            if floor is not None and floor.poll() is None:
+                floor.kill()  # a run cut short: the floor's sampler must not outlive it
+                floor.wait()
             if driving is not None:
                 driving.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
