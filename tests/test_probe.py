@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import statistics
 import time
 from collections.abc import AsyncIterator, Callable
@@ -59,6 +60,24 @@ async def test_ok_probe_sends_a_small_completion(endpoints: Factory, prober: Cha
     assert body["max_tokens"] == 24
     assert body["stream"] is False
     assert body["messages"][0]["role"] == "user"
+
+
+async def test_latency_starts_when_the_request_is_written(
+    endpoints: Factory, prober: ChatProber
+) -> None:
+    """Loop work between a probe's start and its request reaching the socket (the other
+    probes of a scheduler wake-up building theirs) is not the endpoint's latency. On
+    Python 3.11 aiohttp writes the body from a task of its own, so the stall queued here
+    runs before the write; timed from before `post`, this probe read 250 ms."""
+    sim = endpoints(api_key=KEY, delay=0.1)
+    steady = target(sim)
+    await prober.probe(steady)  # a pooled connection, as every probe after the first has
+    probing = asyncio.create_task(prober.probe(steady))
+    asyncio.get_running_loop().call_soon(time.sleep, 0.15)  # after the probe's first step
+    result = await probing
+    assert result.outcome is Outcome.OK, result.detail
+    assert result.latency_ms is not None
+    assert 100 <= result.latency_ms < 200
 
 
 @pytest.mark.parametrize(
