@@ -4,10 +4,18 @@
     .venv/bin/python benchmarks/probe_load.py --mode daemon --endpoints 2000 --interval 10
     .venv/bin/python benchmarks/probe_load.py --mode loop           # in-process, see below
 
-The endpoints are paths on one simulated OpenAI-compatible server (`monitor.sim.openai`)
-running in a separate process, so its threads and CPU are not charged to the monitor.
-Endpoint i is `http://127.0.0.1:PORT/e{i}/v1`; endpoints are put ten to a group (`g0` holds
-e0..e9), the shape of a real config where a group has a primary and a few fallbacks.
+The endpoints are paths on one OpenAI-compatible server running in a separate process, so
+its CPU is not charged to the monitor: `benchmarks/responder.py` (`--server exact`, the
+default), which answers after `--delay` on one event loop and records how long it really
+held each request, or the tests' `monitor.sim.openai` (`--server sim`, a thread per
+connection, late by milliseconds under load). Endpoint i is `http://127.0.0.1:PORT/e{i}/v1`;
+endpoints are put ten to a group (`g0` holds e0..e9), the shape of a real config where a
+group has a primary and a few fallbacks.
+
+The latency error is read two ways: against the nominal delay, and against the hold the
+responder recorded for the very request (matched by endpoint and time), which leaves out
+the server's own timer lateness: that one is the monitor's own error, and the target is
+judged on it when the responder recorded holds.
 
 Modes:
 
@@ -102,6 +110,7 @@ SERVER_START_TIMEOUT = 20.0
 Sample = tuple[str, float, float]
 # A probe's request is the first one its endpoint read after the probe began, within this.
 MATCH_WITHIN = 1.0
+FLOOR_NAME = "calibrate"  # the floor's endpoint path
 
 
 @dataclass
@@ -167,11 +176,11 @@ def stop_server(process: subprocess.Popen[str]) -> None:
         process.stdout.close()
 
 
-def calibrate(origin: str, count: int, delay: float, pause: float = 0.0) -> list[float]:
-    """The sim's own floor: sequential requests from a minimal client, minus the delay.
+def calibrate(origin: str, count: int, delay: float, pause: float = 0.0) -> list[Sample]:
+    """The floor: sequential requests from a minimal client (http.client), as samples.
 
-    Python's http.server and time.sleep in the sim take a share of the error budget that
-    no monitor could remove; this shows how much, so the error below can be read against it.
+    Their error is what no monitor could remove: the server's own lateness (against the
+    nominal delay), loopback and waking a sleeping process (against the hold too).
     `pause`: seconds between requests (the floor under load is sampled over the window).
     """
     parts = urlsplit(origin)
@@ -180,19 +189,24 @@ def calibrate(origin: str, count: int, delay: float, pause: float = 0.0) -> list
         {"model": MODEL, "messages": [{"role": "user", "content": "Reply with OK."}]}
     ).encode()
     headers = {"Content-Type": "application/json", "Authorization": "Bearer sk-bench"}
-    errors: list[float] = []
+    samples: list[Sample] = []
     try:
         for _ in range(count):
-            started = time.perf_counter()
-            connection.request("POST", "/calibrate/v1/chat/completions", body, headers)
+            at, started = time.time(), time.perf_counter()
+            connection.request("POST", f"/{FLOOR_NAME}/v1/chat/completions", body, headers)
             response = connection.getresponse()
             response.read()
-            errors.append((time.perf_counter() - started - delay) * 1000.0)
+            samples.append((FLOOR_NAME, at, (time.perf_counter() - started) * 1000.0))
             if pause:
                 time.sleep(pause)
     finally:
         connection.close()
-    return sorted(errors)
+    return samples
+
+
+def nominal_errors(samples: Iterable[Sample], delay: float) -> list[float]:
+    """Each latency minus the server's nominal delay, sorted."""
+    return sorted(ms - delay * 1000.0 for _, _, ms in samples)
 
 
 def start_floor(origin: str, delay: float, seconds: float, cpus: set[int] | None) -> Any:
@@ -205,9 +219,9 @@ def start_floor(origin: str, delay: float, seconds: float, cpus: set[int] | None
     return spawn(command, cpus, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE)
 
 
-def floor_result(process: Any) -> list[float]:
+def floor_result(process: Any) -> list[Sample]:
     out, _ = process.communicate(timeout=60)
-    return sorted(float(x) for x in json.loads(out or "[]"))
+    return [(str(name), float(at), float(ms)) for name, at, ms in json.loads(out or "[]")]
 
 
 def hold_errors(samples: Iterable[Sample], holds: list[Hold], client: str) -> list[float]:
@@ -227,6 +241,20 @@ def hold_errors(samples: Iterable[Sample], holds: list[Hold], client: str) -> li
         if index < len(series) and series[index][0] - at < MATCH_WITHIN:
             errors.append(latency_ms - series[index][1])
     return sorted(errors)
+
+
+def floor_summary(
+    key: str, samples: list[Sample], holds: list[Hold], delay: float
+) -> dict[str, Any]:
+    """The floor's error against the nominal delay and against the hold, as summary keys."""
+    nominal, held = nominal_errors(samples, delay), hold_errors(samples, holds, "daemon")
+    return {
+        f"{key}_samples": len(samples),
+        f"{key}_p50_ms": percentile(nominal, 50),
+        f"{key}_p99_ms": percentile(nominal, 99),
+        f"{key}_hold_p50_ms": percentile(held, 50),
+        f"{key}_hold_p99_ms": percentile(held, 99),
+    }
 
 
 def holds_file() -> Path:
@@ -420,8 +448,9 @@ def report(summary: dict[str, Any]) -> None:
         f"p99 {_ms(summary['hold_error_p99_ms'])} (measured minus the time the server held "
         f"each request: the prober's own error; {summary['hold_matched']} probes matched)",
         f"sim floor            p50 {_ms(summary['floor_p50_ms'])}, "
-        f"p99 {_ms(summary['floor_p99_ms'])} (the same error for {summary['floor_samples']} "
-        "sequential requests from http.client: the sim's own share)",
+        f"p99 {_ms(summary['floor_p99_ms'])}; against the hold "
+        f"p50 {_ms(summary['floor_hold_p50_ms'])}, p99 {_ms(summary['floor_hold_p99_ms'])} "
+        f"({summary['floor_samples']} sequential requests from http.client)",
         f"peak rss             {summary['peak_rss_mb']:.1f} MB",
         f"database             {summary['db_bytes']} bytes, {summary['db_rows']} rows, "
         + (
@@ -774,9 +803,7 @@ async def measure_processes(
         "blackbox_error_p50_ms": percentile(theirs, 50),
         "blackbox_error_p99_ms": percentile(theirs, 99),
         "blackbox_samples": their_samples,
-        "loaded_floor_samples": len(loaded),
-        "loaded_floor_p50_ms": percentile(loaded, 50),
-        "loaded_floor_p99_ms": percentile(loaded, 99),
+        "loaded_floor": loaded,
     }
 
 
@@ -872,9 +899,8 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
         blackbox_hold_matched=len(theirs),
         blackbox_hold_error_p50_ms=percentile(theirs, 50),
         blackbox_hold_error_p99_ms=percentile(theirs, 99),
-        floor_samples=len(floor),
-        floor_p50_ms=percentile(floor, 50),
-        floor_p99_ms=percentile(floor, 99),
+        **floor_summary("loaded_floor", summary.pop("loaded_floor"), holds, args.delay),
+        **floor_summary("floor", floor, holds, args.delay),
         log_lines=len(log_lines),
         log_warnings=dict(warnings(log_lines)),
     )
@@ -920,10 +946,13 @@ def report_processes(summary: dict[str, Any]) -> None:
         f"p99 {_ms(summary['hold_error_p99_ms'])} (measured minus the time the server held "
         f"each request: the daemon's own error; {summary['hold_matched']} probes matched)",
         f"sim floor            p50 {_ms(summary['floor_p50_ms'])}, "
-        f"p99 {_ms(summary['floor_p99_ms'])} ({summary['floor_samples']} sequential "
-        "requests from http.client: the sim's own share)",
+        f"p99 {_ms(summary['floor_p99_ms'])}; against the hold "
+        f"p50 {_ms(summary['floor_hold_p50_ms'])}, p99 {_ms(summary['floor_hold_p99_ms'])} "
+        f"({summary['floor_samples']} sequential requests from http.client, before)",
         f"sim floor, loaded    p50 {_ms(summary['loaded_floor_p50_ms'])}, "
-        f"p99 {_ms(summary['loaded_floor_p99_ms'])} ({summary['loaded_floor_samples']} "
+        f"p99 {_ms(summary['loaded_floor_p99_ms'])}; against the hold "
+        f"p50 {_ms(summary['loaded_floor_hold_p50_ms'])}, "
+        f"p99 {_ms(summary['loaded_floor_hold_p99_ms'])} ({summary['loaded_floor_samples']} "
         "requests through the window, from a process beside the sim)",
         f"missed runs          {summary['missed']:.0f}",
         f"outcomes             {json.dumps(summary['outcomes'], sort_keys=True)} (stored)",
@@ -1067,9 +1096,7 @@ def main(argv: list[str] | None = None) -> int:
         hold_error_p99_ms=percentile(held, 99),
         # ru_maxrss is in KB on Linux.
         peak_rss_mb=resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0,
-        floor_samples=len(floor),
-        floor_p50_ms=percentile(floor, 50),
-        floor_p99_ms=percentile(floor, 99),
+        **floor_summary("floor", floor, holds, args.delay),
         db_bytes=size,
         db_rows=rows,
         db_bytes_per_probe=size / rows if rows else None,
