@@ -368,8 +368,8 @@ class ChatProber:
             _headers(target.api_key),
         )
         # The clock runs around the exchange only: not the semaphore wait, not building
-        # the request (it starts when the body is written, see _Sent), not parsing the
-        # answer.
+        # the request (it starts when the exchange reaches the network, see _Sent), not
+        # parsing the answer.
         sent = _Sent()
         posted = time.perf_counter()
         response = await client.post(
