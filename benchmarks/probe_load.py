@@ -120,8 +120,6 @@ class Window:
     start: float = float("inf")
     end: float = float("inf")
     outcomes: Counter[str] = field(default_factory=Counter)
-    errors_ms: list[float] = field(default_factory=list)
-    latencies_ms: list[float] = field(default_factory=list)
     samples: list[Sample] = field(default_factory=list)
 
 
@@ -318,8 +316,6 @@ async def measure(args: argparse.Namespace, origin: str, store: Store) -> dict[s
             return
         window.outcomes[result.outcome.value] += 1
         if result.latency_ms is not None:
-            window.latencies_ms.append(result.latency_ms)
-            window.errors_ms.append(result.latency_ms - delay_ms)
             window.samples.append((target.endpoint, result.at, result.latency_ms))
 
     monitor.listeners.append(listener)
@@ -356,8 +352,8 @@ async def measure(args: argparse.Namespace, origin: str, store: Store) -> dict[s
 
     probes = sum(window.outcomes.values())
     elapsed = wall1 - wall0
-    errors = sorted(window.errors_ms)
-    latencies = sorted(window.latencies_ms)
+    errors = nominal_errors(window.samples, args.delay)
+    latencies = sorted(ms for _, _, ms in window.samples)
     cpu = cpu1 - cpu0
     return {
         "endpoints": args.endpoints,
@@ -652,8 +648,7 @@ class Driver:
 
     completed: list[tuple[float, bool]] = field(default_factory=list)  # (done at, success)
     failures: Counter[str] = field(default_factory=Counter)
-    latencies_ms: list[tuple[float, float]] = field(default_factory=list)  # (done at, ms)
-    samples: list[Sample] = field(default_factory=list)
+    samples: list[Sample] = field(default_factory=list)  # by the time each /probe began
 
     async def run(
         self, session: aiohttp.ClientSession, exporter: str, urls: list[str], interval: float
@@ -687,7 +682,6 @@ class Driver:
         self.completed.append((done, "\nprobe_success 1" in text))
         phases = exchange_seconds(text)
         if phases is not None:
-            self.latencies_ms.append((done, phases * 1000.0))
             self.samples.append((urlsplit(url).path.split("/", 2)[1], started, phases * 1000.0))
 
 
@@ -785,9 +779,8 @@ async def measure_processes(
                 with contextlib.suppress(asyncio.CancelledError):
                     await driving
     window = driver.completed[bb0:bb1]
-    delay_ms = args.delay * 1000.0
-    theirs = sorted(ms - delay_ms for at, ms in driver.latencies_ms if wall0 <= at < wall1)
     their_samples = [sample for sample in driver.samples if wall0 <= sample[1] < wall1]
+    theirs = nominal_errors(their_samples, args.delay)
     first, last = parse_metrics(first_text), parse_metrics(last_text)
     return {
         "ready_s": ready_s,
@@ -816,7 +809,9 @@ def stored_results(db: Path, wall0: float, wall1: float) -> tuple[Counter[str], 
             (wall0, wall1),
         ).fetchall()
     outcomes = Counter(outcome for outcome, *_ in rows)
-    samples = [(name, at, ms) for outcome, name, at, ms in rows if outcome == "ok" and ms]
+    samples = [
+        (name, at, ms) for outcome, name, at, ms in rows if outcome == "ok" and ms is not None
+    ]
     return outcomes, samples
 
 
@@ -879,7 +874,7 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
     )
     delay_ms = args.delay * 1000.0
     latencies = sorted(ms for _, _, ms in samples)
-    errors = [ms - delay_ms for ms in latencies]
+    errors = nominal_errors(samples, args.delay)
     summary.update(
         endpoints=args.endpoints,
         interval_s=args.interval,
