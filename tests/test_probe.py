@@ -80,6 +80,27 @@ async def test_latency_starts_when_the_request_is_written(
     assert 100 <= result.latency_ms < 200
 
 
+async def test_latency_ends_when_the_answer_arrives(endpoints: Factory, prober: ChatProber) -> None:
+    """Loop work between an answer's arrival and the probe's task running again (the
+    handling of the answers that came in just before it) is not the endpoint's latency
+    either: the clock stops when the loop read the answer. Timed from the task, this
+    probe read 300 ms."""
+    sim = endpoints(api_key=KEY, delay=0.1)
+    steady = target(sim)
+    await prober.probe(steady)
+    loop = asyncio.get_running_loop()
+    probing = asyncio.create_task(prober.probe(steady))
+    await asyncio.sleep(0.05)
+    # Due while the loop is held below: asyncio runs it after reading the answer that
+    # arrived meanwhile and before the probe's task goes on.
+    loop.call_later(0.01, time.sleep, 0.15)
+    time.sleep(0.1)  # the answer arrives (at 100 ms) while the loop is held
+    result = await probing
+    assert result.outcome is Outcome.OK, result.detail
+    assert result.latency_ms is not None
+    assert 140 <= result.latency_ms < 250
+
+
 @pytest.mark.parametrize(
     ("behaviour", "outcome", "status"),
     [

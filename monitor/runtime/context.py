@@ -65,8 +65,7 @@ class Beliefs:
         async with self._refreshing:
             if time.monotonic() - self._records_at >= RECORDS_TTL:
                 generation = self._generation
-                records, switch_times = await self.call(self.switches.snapshot, time.time() - HOUR)
-                incidents = await self.call(self.switches.open_incidents)
+                records, switch_times, incidents = await self.call(self._read, self._records)
                 self._records, self.switch_times, self.incidents = (
                     records,
                     switch_times,
@@ -75,6 +74,14 @@ class Beliefs:
                 if generation == self._generation:  # no write landed during the read
                     self._records_at = time.monotonic()
         return self._records
+
+    def _read(
+        self, known: dict[str, GroupRecord]
+    ) -> tuple[dict[str, GroupRecord], dict[str, tuple[float, ...]], set[str]]:
+        """The records, switch times and open incidents, in one trip to the store's thread
+        (an unchanged record stays the object `known` holds)."""
+        records, switch_times = self.switches.snapshot(time.time() - HOUR, known)
+        return records, switch_times, self.switches.open_incidents()
 
     def stale(self) -> None:
         """Something wrote group rows behind the cache's back."""
