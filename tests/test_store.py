@@ -229,6 +229,32 @@ def test_switch_intent_is_compare_and_set(store: Store) -> None:
     assert [e.kind for e in log.history("g", 0)] == ["failover"]
 
 
+def test_snapshot_keeps_each_unchanged_record_and_rereads_a_changed_one(store: Store) -> None:
+    # The engine tells a steady group's record unchanged by identity, every second.
+    log = SwitchLog(store)
+    for name in ("g", "h"):
+        log.observe_registration(
+            name, registered_base_url="http://x/v1", model_name="m", monitored=True,
+            active_endpoint="a", at=NOW,
+        )  # fmt: skip
+    first, _times = log.snapshot(NOW - 3600)
+    assert first["g"].monitored is True
+    again, _times = log.snapshot(NOW - 3600, first)
+    assert again["g"] is first["g"]
+    assert again["h"] is first["h"]
+    log.pin("h", "a", NOW + 60, NOW)
+    changed, _times = log.snapshot(NOW - 3600, again)
+    assert changed["g"] is first["g"]
+    assert changed["h"] is not first["h"]
+    assert changed["h"] == log.group("h")
+    assert changed["h"].pinned_until == NOW + 60
+    record = begin(log)
+    assert record is not None
+    log.confirm_switch(record.id, transaction_id="t1", at=NOW + 1, message="a -> b")
+    _groups, times = log.snapshot(NOW - 3600, changed)
+    assert times == {"g": (NOW + 1,)}
+
+
 def test_instances_racing_for_one_switch_write_one_intent(pg_url: str) -> None:
     stores = [Store(pg_url) for _ in range(6)]
     stores[0].migrate()
