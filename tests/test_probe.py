@@ -91,10 +91,10 @@ async def test_latency_ends_when_the_answer_arrives(endpoints: Factory, prober: 
     loop = asyncio.get_running_loop()
     probing = asyncio.create_task(prober.probe(steady))
     await asyncio.sleep(0.05)
-    # Due while the loop is held below: asyncio runs it after reading the answer that
-    # arrived meanwhile and before the probe's task goes on.
+    loop.call_soon(time.sleep, 0.1)  # the answer arrives (at 100 ms) while the loop is held
+    # Due while the loop is held: asyncio runs it after reading the answer that arrived
+    # meanwhile and before the probe's task goes on.
     loop.call_later(0.01, time.sleep, 0.15)
-    time.sleep(0.1)  # the answer arrives (at 100 ms) while the loop is held
     result = await probing
     assert result.outcome is Outcome.OK, result.detail
     assert result.latency_ms is not None
