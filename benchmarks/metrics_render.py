@@ -3,11 +3,13 @@
     .venv/bin/python benchmarks/metrics_render.py --endpoints 2000
 
 Fills the daemon's own metrics (`monitor.metrics.Metrics`) as N endpoints ten to a group
-would, times one render, then runs an event loop doing socket I/O (a 1 ms sleep and a
-socketpair round trip per iteration, like a probe loop's wake-ups) while another thread
-renders /metrics every 0.5 s, as the HTTP server thread does on a scrape. It prints the
-loop's iteration delay p50/p99/max and its iteration count, once with Python's default
-GIL switch interval (5 ms) and once with the daemon's (`monitor.loop`). Numbers only; it
+would, times the first render, and a render after every endpoint was probed again (from
+the first scrape on, each probe writes its own endpoint's lines). Then it runs an event
+loop doing socket I/O (a 1 ms sleep and a socketpair round trip per iteration, like a
+probe loop's wake-ups) while another thread renders /metrics every 0.5 s, as the HTTP
+server thread does on a scrape. It prints the loop's iteration delay p50/p99/max and its
+iteration count, once with Python's default GIL switch interval (5 ms) and once with the
+daemon's (`monitor.loop`). Numbers only; it
 never fails.
 """
 
@@ -27,15 +29,30 @@ from monitor.loop import SWITCH_INTERVAL
 from monitor.metrics import Metrics
 
 
+def probe_all(metrics: Metrics, endpoints: int) -> float:
+    """One probe of every endpoint into the metrics; microseconds per probe."""
+    results = [
+        ProbeResult(0.0, f"g{i // 10}", f"e{i}", Outcome.OK, 50.0, 200, None, 12, 1)
+        for i in range(endpoints)
+    ]
+    started = time.perf_counter()
+    for result in results:
+        metrics.probe(result, Health.UP)
+    return (time.perf_counter() - started) / endpoints * 1e6
+
+
 def filled(endpoints: int) -> Metrics:
     metrics = Metrics()
-    for i in range(endpoints):
-        group, endpoint = f"g{i // 10}", f"e{i}"
-        result = ProbeResult(0.0, group, endpoint, Outcome.OK, 50.0, 200, None, 12, 1)
-        metrics.probe(result, Health.UP)
+    probe_all(metrics, endpoints)
     for g in range(0, endpoints, 10):
         metrics.set_active(f"g{g // 10}", [f"e{i}" for i in range(g, g + 10)], f"e{g}")
     return metrics
+
+
+def timed_render(metrics: Metrics) -> tuple[float, bytes]:
+    started = time.perf_counter()
+    text = metrics.render()
+    return (time.perf_counter() - started) * 1000.0, text
 
 
 async def loop_delays(metrics: Metrics, seconds: float) -> list[float]:
@@ -68,10 +85,17 @@ async def loop_delays(metrics: Metrics, seconds: float) -> list[float]:
 def one(endpoints: int, seconds: float, switch: float) -> None:
     sys.setswitchinterval(switch)
     metrics = filled(endpoints)
-    started = time.perf_counter()
-    text = metrics.render()
-    render_ms = (time.perf_counter() - started) * 1000.0
+    unscraped_us = probe_all(metrics, endpoints)
+    first_ms, _text = timed_render(metrics)
+    # From the first scrape on, each probe writes its endpoint's lines (EndpointSeries):
+    # a render after every endpoint was probed again only joins them.
+    scraped_us = probe_all(metrics, endpoints)
+    render_ms, text = timed_render(metrics)
     lines = text.count(b"\n")
+    print(
+        f"metrics per probe {unscraped_us:.1f} us before the first scrape, "
+        f"{scraped_us:.1f} us after; first render {first_ms:.0f} ms"
+    )
     try:
         import uvloop
 

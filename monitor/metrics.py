@@ -54,6 +54,9 @@ class _Series:
     tokens: dict[str, int] = field(default_factory=dict)
     up: int | None = None
     active: int | None = None
+    # Its latency, probes and tokens lines, once /metrics has been scraped (see
+    # EndpointSeries.probe).
+    text: tuple[str, str, str] | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -98,6 +101,31 @@ _VANTAGE = _Family(
 _BUCKET_TEXT = tuple(f'le="{_number(b)}"' for b in (*_LATENCY_BUCKETS, float("inf")))
 
 
+def _text(series: _Series) -> tuple[str, str, str]:
+    """An endpoint's latency, probes and tokens lines. The loop thread bumps the counts
+    without a lock: each copy below is one C call that holds the GIL throughout."""
+    labels, buckets = series.labels, list(series.buckets)
+    total, outcomes, spent = series.latency_sum, dict(series.outcomes), dict(series.tokens)
+    latency = ""
+    if any(buckets):
+        name, lines, cumulative = _LATENCY.name, [], 0
+        for le, count in zip(_BUCKET_TEXT, buckets, strict=True):
+            cumulative += count
+            lines.append(f"{name}_bucket{{{labels},{le}}} {cumulative}.0\n")
+        lines.append(f"{name}_count{{{labels}}} {cumulative}.0\n")
+        lines.append(f"{name}_sum{{{labels}}} {_number(total)}\n")
+        latency = "".join(lines)
+    probes = "".join(
+        f'{_PROBES.name}{{{labels},outcome="{_label(kind)}"}} {count}.0\n'
+        for kind, count in sorted(outcomes.items())
+    )
+    tokens = "".join(
+        f'{_TOKENS.name}{{{labels},kind="{kind}"}} {count}.0\n'
+        for kind, count in sorted(spent.items())
+    )
+    return latency, probes, tokens
+
+
 class EndpointSeries:
     """The per-endpoint families, kept and written here rather than by prometheus_client.
 
@@ -110,6 +138,7 @@ class EndpointSeries:
 
     def __init__(self) -> None:
         self._series: dict[tuple[str, str], _Series] = {}
+        self._scraped = False
         self._vantages: dict[tuple[str, str, str], tuple[str, int]] = {}
         # Writers are the event loop; the reader is the HTTP server's thread. New keys and
         # removals take the lock; a render copies under it, then writes without it.
@@ -145,6 +174,12 @@ class EndpointSeries:
             if tokens:
                 series.tokens[kind] = series.tokens.get(kind, 0) + tokens
         series.up = _UP[health]
+        if self._scraped:
+            # Written here, a probe at a time, rather than all at once when scraped: at
+            # 2,000 endpoints a render took 37 ms of the only core from the probes every
+            # 15 s, and the answers that came in meanwhile read that much slower. Only
+            # once someone scrapes: a daemon nobody scrapes writes nothing.
+            series.text = _text(series)
 
     def health(self, group: str, endpoint: str, health: Health) -> None:
         self._get(group, endpoint).up = _UP[health]
@@ -171,44 +206,28 @@ class EndpointSeries:
                 del self._vantages[key]
 
     def render(self) -> str:
-        # The loop thread bumps counters without the lock: each copy below is one C call
-        # that holds the GIL throughout (no Python code runs inside dict() or list()).
+        self._scraped = True
         with self._lock:
-            series = [
-                (
-                    s.labels,
-                    list(s.buckets),
-                    s.latency_sum,
-                    dict(s.outcomes),
-                    dict(s.tokens),
-                    s.up,
-                    s.active,
-                )
-                for s in self._series.values()
-            ]
+            series = [(s, s.text, s.up, s.active) for s in self._series.values()]
             vantages = list(self._vantages.values())
         latency: list[str] = [_LATENCY.head()]
         probes: list[str] = [_PROBES.head()]
         tokens: list[str] = [_TOKENS.head()]
         up: list[str] = [_UP_FAMILY.head()]
         active: list[str] = [_ACTIVE.head()]
-        name = _LATENCY.name
-        for labels, buckets, total, outcomes, spent, health, chosen in series:
-            if any(buckets):
-                cumulative = 0
-                for le, count in zip(_BUCKET_TEXT, buckets, strict=True):
-                    cumulative += count
-                    latency.append(f"{name}_bucket{{{labels},{le}}} {cumulative}.0\n")
-                latency.append(f"{name}_count{{{labels}}} {cumulative}.0\n")
-                latency.append(f"{name}_sum{{{labels}}} {_number(total)}\n")
-            for kind, count in sorted(outcomes.items()):
-                probes.append(f'{_PROBES.name}{{{labels},outcome="{_label(kind)}"}} {count}.0\n')
-            for kind, count in sorted(spent.items()):
-                tokens.append(f'{_TOKENS.name}{{{labels},kind="{kind}"}} {count}.0\n')
+        for one, text, health, chosen in series:
+            if text is None:  # not probed since the first scrape began
+                text = _text(one)  # (not kept: the loop thread owns `text`)
+            if text[0]:
+                latency.append(text[0])
+            if text[1]:
+                probes.append(text[1])
+            if text[2]:
+                tokens.append(text[2])
             if health is not None:
-                up.append(f"{_UP_FAMILY.name}{{{labels}}} {health}.0\n")
+                up.append(f"{_UP_FAMILY.name}{{{one.labels}}} {health}.0\n")
             if chosen is not None:
-                active.append(f"{_ACTIVE.name}{{{labels}}} {chosen}.0\n")
+                active.append(f"{_ACTIVE.name}{{{one.labels}}} {chosen}.0\n")
         vantage = [_VANTAGE.head()]
         vantage.extend(f"{_VANTAGE.name}{{{text}}} {value}.0\n" for text, value in vantages)
         return "".join(

@@ -122,6 +122,30 @@ def test_the_endpoint_families_read_as_prometheus_client_writes_them() -> None:
     assert set(reference().decode().splitlines()) <= ours_lines
 
 
+def test_probes_after_a_scrape_reach_the_next_one() -> None:
+    # After the first scrape each probe writes its endpoint's lines itself (the render
+    # only joins them): what it writes must be the counts as they are then.
+    metrics = Metrics()
+    half = len(PROBES) // 2
+    for group, endpoint, outcome, ms, prompt, completion, health in PROBES[:half]:
+        result = ProbeResult(0.0, group, endpoint, outcome, ms, None, None, prompt, completion)
+        metrics.probe(result, health)
+    first = families(metrics.render())
+    for group, endpoint, outcome, ms, prompt, completion, health in PROBES[half:]:
+        result = ProbeResult(0.0, group, endpoint, outcome, ms, None, None, prompt, completion)
+        metrics.probe(result, health)
+    metrics.set_active("g1", ["a", "b"], "a")
+    metrics.vantage_health("g1", "a", "node-2", Health.DOWN)
+    metrics.vantage_health("g1", "b", 'no"de-3', Health.UP)
+    # Written by the probes, not left for the scrape.
+    series = metrics.endpoints._series
+    assert all(series[(g, e)].text is not None for g, e, *_rest in PROBES[half:])
+    got, expected = families(metrics.render()), families(reference())
+    assert got != first
+    for name, family in expected.items():
+        assert got[name] == family, name
+
+
 def test_a_removed_endpoint_leaves_the_scrape() -> None:
     metrics = ours()
     metrics.forget("g1", "b")
