@@ -404,7 +404,8 @@ class ChatProber:
         )
         # The clock runs around the exchange only: not the semaphore wait, not building
         # the request (it starts when the exchange reaches the network, see _Sent), not
-        # parsing the answer.
+        # the wait to handle the answer nor parsing it (it stops when the event loop read
+        # the answer's last bytes, see _Received).
         sent = _Sent()
         posted = time.perf_counter()
         response = await client.post(
