@@ -9,8 +9,7 @@ loop doing socket I/O (a 1 ms sleep and a socketpair round trip per iteration, l
 probe loop's wake-ups) while another thread renders /metrics every 0.5 s, as the HTTP
 server thread does on a scrape. It prints the loop's iteration delay p50/p99/max and its
 iteration count, once with Python's default GIL switch interval (5 ms) and once with the
-daemon's (`monitor.loop`). Numbers only; it
-never fails.
+daemon's (`monitor.loop`). Numbers only; it never fails.
 """
 
 from __future__ import annotations

@@ -23,7 +23,9 @@ from tests.harness import GROUP, World, free_port, make_world, running, wait_for
 ODD = ["plain", 'quo"te', "back\\slash", "new\nline"]
 
 # (group, endpoint, outcome, latency_ms, prompt_tokens, completion_tokens, health)
-PROBES: list[tuple[str, str, Outcome, float | None, int | None, int | None, Health]] = [
+# group, endpoint, outcome, latency ms, prompt and completion tokens, health after it
+Probe = tuple[str, str, Outcome, float | None, int | None, int | None, Health]
+PROBES: list[Probe] = [
     ("g1", "a", Outcome.OK, 12.0, 9, 1, Health.UP),
     ("g1", "a", Outcome.OK, 50.0, 9, 1, Health.UP),  # on a bucket's bound: counted in it
     ("g1", "a", Outcome.TIMEOUT, None, None, None, Health.UP),
@@ -90,14 +92,23 @@ def reference() -> bytes:
     return generate_latest(r)
 
 
-def ours() -> Metrics:
-    metrics = Metrics()
-    for group, endpoint, outcome, ms, prompt, completion, health in PROBES:
+def feed(metrics: Metrics, probes: list[Probe]) -> None:
+    for group, endpoint, outcome, ms, prompt, completion, health in probes:
         result = ProbeResult(0.0, group, endpoint, outcome, ms, None, None, prompt, completion)
         metrics.probe(result, health)
+
+
+def settle(metrics: Metrics) -> None:
+    """The reference's active endpoint and other vantages' views."""
     metrics.set_active("g1", ["a", "b"], "a")
     metrics.vantage_health("g1", "a", "node-2", Health.DOWN)
     metrics.vantage_health("g1", "b", 'no"de-3', Health.UP)
+
+
+def ours() -> Metrics:
+    metrics = Metrics()
+    feed(metrics, PROBES)
+    settle(metrics)
     return metrics
 
 
@@ -127,16 +138,10 @@ def test_probes_after_a_scrape_reach_the_next_one() -> None:
     # only joins them): what it writes must be the counts as they are then.
     metrics = Metrics()
     half = len(PROBES) // 2
-    for group, endpoint, outcome, ms, prompt, completion, health in PROBES[:half]:
-        result = ProbeResult(0.0, group, endpoint, outcome, ms, None, None, prompt, completion)
-        metrics.probe(result, health)
+    feed(metrics, PROBES[:half])
     first = families(metrics.render())
-    for group, endpoint, outcome, ms, prompt, completion, health in PROBES[half:]:
-        result = ProbeResult(0.0, group, endpoint, outcome, ms, None, None, prompt, completion)
-        metrics.probe(result, health)
-    metrics.set_active("g1", ["a", "b"], "a")
-    metrics.vantage_health("g1", "a", "node-2", Health.DOWN)
-    metrics.vantage_health("g1", "b", 'no"de-3', Health.UP)
+    feed(metrics, PROBES[half:])
+    settle(metrics)
     # Written by the probes, not left for the scrape.
     series = metrics.endpoints._series
     assert all(series[(g, e)].text is not None for g, e, *_rest in PROBES[half:])
