@@ -299,6 +299,43 @@ def test_each_vantage_keeps_its_own_view(db_url: str) -> None:
         s.close()
 
 
+def test_a_follower_batch_updates_its_own_health_and_leaves_the_shared_one(db_url: str) -> None:
+    # The batch goes to the driver as it is (Store.save): every field must come back as
+    # written, and a second batch must update the vantage's row, not add one.
+    east, reader = Store(db_url, "east"), Store(db_url)
+    east.migrate()
+    ids = east.sync_endpoints([("g", "a", "http://x/v1"), ("g", "b", "http://y/v1")])
+    down = HealthState(Health.DOWN, 0, 3, since=NOW - 5, last_probe_at=NOW)
+    up = HealthState(Health.UP, 2, 0, since=NOW + 1, last_probe_at=NOW + 1)
+    answered = ProbeResult(
+        at=NOW + 1,
+        group="g",
+        endpoint="a",
+        outcome=Outcome.OK,
+        latency_ms=48.25,
+        http_status=200,
+        prompt_tokens=12,
+        completion_tokens=1,
+    )
+    east.save([(ids[KEY], result(NOW, ok=False))], {ids[KEY]: down})
+    east.save([(ids[KEY], answered)], {ids[KEY]: up}, shared=False)
+    assert reader.health()[KEY] == down  # only a leader's batch moves the shared health
+    assert reader.vantage_health() == {KEY: {"east": up}}
+    assert reader.health()[("g", "b")].health is Health.UNKNOWN
+    with reader.session() as session:
+        rows = session.scalars(select(ResultRow).order_by(ResultRow.at)).all()
+        stored = [
+            (r.ok, r.outcome, r.latency_ms, r.http_status, r.prompt_tokens, r.vantage) for r in rows
+        ]
+    assert stored == [
+        (False, "http_5xx", None, 500, None, "east"),
+        (True, "ok", 48.25, 200, 12, "east"),
+    ]
+    assert all(type(ok) is bool for ok, *_ in stored)
+    east.close()
+    reader.close()
+
+
 def test_leader_lease_fences_a_paused_leader(db_url: str) -> None:
     east, west = Store(db_url), Store(db_url)
     east.migrate()
