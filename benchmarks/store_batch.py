@@ -68,7 +68,8 @@ def measure(store: Store, ids: list[int], args: argparse.Namespace, round_: int)
     started = time.process_time()
     for results, states in batches:
         store.save(results, states)
-    return (time.process_time() - started) / args.batches * 1000.0
+    seconds: float = time.process_time() - started
+    return seconds / len(batches) * 1000.0
 
 
 if __name__ == "__main__":

@@ -35,6 +35,7 @@ from sqlalchemy import (
 from sqlalchemy import text as sql_text
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import make_url
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.exc import OperationalError, SQLAlchemyError
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
 
@@ -84,7 +85,7 @@ class _BatchSql:
         if dialect.positional:
             # SQLite's `?`: its driver takes `:name` from a mapping as well, so the rows
             # are mappings for every driver.
-            dialect = type(dialect)(paramstyle="named")
+            dialect = cast("type[DefaultDialect]", type(dialect))(paramstyle="named")
         endpoints, vantages = _table(EndpointRow), _table(VantageHealthRow)
         build = postgresql.insert if dialect.name == "postgresql" else sqlite.insert
         upsert = build(vantages)
