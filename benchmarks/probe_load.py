@@ -47,6 +47,12 @@ default; the startup round is spread over the first seconds, and each endpoint t
 to its own place on the interval) and lasts `--duration` seconds. It prints numbers and
 whether each target was met; it never fails on a missed target, since a benchmark is for
 reading, not for gating.
+
+`--awake` is a diagnostic: it fills the monitor's CPU with a spinner at the lowest
+priority, which gives way at once to anything that wakes there, so that CPU never idles.
+On a virtual machine an idle CPU halts, and the next answer waits for it to be woken; the
+difference between a run with and without `--awake` is what that costs the monitor, which
+is the machine's doing, not the monitor's.
 """
 
 from __future__ import annotations
@@ -497,6 +503,16 @@ def spawn(command: list[str], cpus: set[int] | None, **popen: Any) -> subprocess
             os.sched_setaffinity(0, mine)
 
 
+def start_spinner(cpus: set[int]) -> subprocess.Popen[str]:
+    """A process that spins on `cpus` at the lowest priority there is (SCHED_IDLE): any
+    other thread that wakes there takes the CPU from it at once, so it only fills what
+    would be idle time, and the CPU never halts. Each process's CPU is read from its own
+    /proc entry, so the spinner's is charged to no one."""
+    process = spawn([sys.executable, "-c", "while True: pass"], cpus)
+    os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
+    return process
+
+
 def stop_process(process: subprocess.Popen[str]) -> None:
     if process.poll() is None:
         process.send_signal(signal.SIGTERM)
@@ -828,6 +844,8 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
         floor = calibrate(origin, args.calibrate, args.delay)
         convai, convai_url = start_convai(others)
         started.append(convai)
+        if args.awake and monitor_cpus is not None:
+            started.append(start_spinner(monitor_cpus))
         with tempfile.TemporaryDirectory(prefix="probe-load-") as tmp_name:
             tmp = Path(tmp_name)
             listen = f"127.0.0.1:{free_port()}"
@@ -881,6 +899,7 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
         delay_ms=delay_ms,
         max_in_flight=args.max_in_flight,
         pinned=pinned,
+        awake=args.awake,
         server=args.server,
         outcomes=dict(outcomes),
         stored_probes=sum(outcomes.values()),
@@ -925,7 +944,8 @@ def report_processes(summary: dict[str, Any]) -> None:
     lines = [
         f"endpoints            {summary['endpoints']} every {summary['interval_s']:g} s "
         f"(server {summary['server']}, delay {summary['delay_ms']:g} ms, "
-        f"max in flight {summary['max_in_flight']}, cpu pinned: {summary['pinned']})",
+        f"max in flight {summary['max_in_flight']}, cpu pinned: {summary['pinned']}"
+        + (", kept awake)" if summary["awake"] else ")"),
         f"measured             {elapsed:.1f} s, {summary['ready_s']:.1f} s to ready",
         f"daemon               {probes:.0f} probes ({probes / elapsed:.1f}/s), "
         f"{ours.cpu_s:.2f} s cpu = {share:.1%} of one core, "
@@ -1030,6 +1050,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="also print a JSON summary")
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
     parser.add_argument(
+        "--awake",
+        action="store_true",
+        help="keep the monitor's CPU from idling (a diagnostic: see the module doc)",
+    )
+    parser.add_argument(
         "--origin", default=None, help="the sim to sample (--mode floor, which the others start)"
     )
     args = parser.parse_args(argv)
@@ -1041,6 +1066,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--calibrate must not be negative")
     if args.max_in_flight < 1:
         parser.error("--max-in-flight must be at least 1")
+    if args.awake and (args.no_pin or args.mode not in ("daemon", "side-by-side")):
+        parser.error("--awake needs the monitor pinned, in --mode daemon or side-by-side")
     return args
 
 
