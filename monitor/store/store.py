@@ -72,8 +72,9 @@ class _BatchSql:
     often the one core) with the probes. Executed as SQLAlchemy statements, its rows went
     through SQLAlchemy's per-row parameter processing, which cost as much as SQLite's own
     work: handed to the driver as they are, a batch of 40 costs about 40% less CPU
-    (benchmarks/store_batch.py: 0.82 -> 0.51 ms on SQLite). The rows hold only what the driver takes as is (str, int,
-    float, bool, None), so SQLAlchemy's type processing had nothing to do for them.
+    (benchmarks/store_batch.py: 0.82 -> 0.51 ms on SQLite). The rows hold only what the
+    driver takes as is (str, int, float, bool, None), so SQLAlchemy's type processing had
+    nothing to do for them.
     """
 
     results: str
