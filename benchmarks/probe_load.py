@@ -483,6 +483,7 @@ CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
 BLACKBOX = "prometheus-blackbox-exporter"
 SCRAPE_EVERY = 15.0  # Prometheus' default scrape interval
 FLOOR_PAUSE = 0.05  # between the loaded floor's requests: a light load of its own
+FLOOR_LEAD = 3.0  # seconds the loaded floor starts before the window (see measure_processes)
 # blackbox_exporter's phases from the request written to the body read: the span the
 # daemon's latency covers (its own connect is left out: the daemon reuses connections).
 EXCHANGE_PHASES = ("processing", "transfer")
@@ -764,11 +765,17 @@ async def measure_processes(
         )
         floor: Any = None
         try:
-            await asyncio.sleep(args.warmup if args.warmup is not None else 3 * args.interval)
+            warmup = args.warmup if args.warmup is not None else 3 * args.interval
+            await asyncio.sleep(max(0.0, warmup - FLOOR_LEAD))
+            # The floor is a new Python process on the server's CPU: started as the window
+            # opened, its start-up delayed the server's reads of the daemon's requests, and
+            # that counted as the daemon's error (a tenth of a traced run's probes over 2
+            # ms were answered in the window's first second). It starts before the window.
+            floor = start_floor(origin, args.delay, args.duration + FLOOR_LEAD, sim_cpus)
+            await asyncio.sleep(FLOOR_LEAD)
             pids = {"daemon": daemon.pid} | ({"blackbox": blackbox[0].pid} if blackbox else {})
             cpu0 = {name: cpu_seconds(pid) for name, pid in pids.items()}
             wall0 = time.time()
-            floor = start_floor(origin, args.delay, args.duration, sim_cpus)
             first_text = (await get_text(session, f"{base}/metrics"))[1]
             bb0 = len(driver.completed)
             last_text = first_text
