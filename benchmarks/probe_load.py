@@ -510,7 +510,11 @@ def start_spinner(cpus: set[int]) -> subprocess.Popen[str]:
     would be idle time, and the CPU never halts. Each process's CPU is read from its own
     /proc entry, so the spinner's is charged to no one."""
     process = spawn([sys.executable, "-c", "while True: pass"], cpus)
-    os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
+    try:
+        os.sched_setscheduler(process.pid, os.SCHED_IDLE, os.sched_param(0))
+    except OSError:
+        stop_process(process)  # at normal priority it would take the core from the monitor
+        raise
     return process
 
 
@@ -769,8 +773,9 @@ async def measure_processes(
             await asyncio.sleep(max(0.0, warmup - FLOOR_LEAD))
             # The floor is a new Python process on the server's CPU: started as the window
             # opened, its start-up delayed the server's reads of the daemon's requests, and
-            # that counted as the daemon's error (a tenth of a traced run's probes over 2
-            # ms were answered in the window's first second). It starts before the window.
+            # that counted as the daemon's error (in three traced runs, 14-24% of the
+            # probes over 2 ms were answered in the window's first second). It starts
+            # before the window.
             floor = start_floor(origin, args.delay, args.duration + FLOOR_LEAD, sim_cpus)
             await asyncio.sleep(FLOOR_LEAD)
             pids = {"daemon": daemon.pid} | ({"blackbox": blackbox[0].pid} if blackbox else {})

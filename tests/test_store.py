@@ -8,6 +8,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -307,17 +308,9 @@ def test_a_follower_batch_updates_its_own_health_and_leaves_the_shared_one(db_ur
     ids = east.sync_endpoints([("g", "a", "http://x/v1"), ("g", "b", "http://y/v1")])
     down = HealthState(Health.DOWN, 0, 3, since=NOW - 5, last_probe_at=NOW)
     up = HealthState(Health.UP, 2, 0, since=NOW + 1, last_probe_at=NOW + 1)
-    answered = ProbeResult(
-        at=NOW + 1,
-        group="g",
-        endpoint="a",
-        outcome=Outcome.OK,
-        latency_ms=48.25,
-        http_status=200,
-        prompt_tokens=12,
-        completion_tokens=1,
-    )
-    east.save([(ids[KEY], result(NOW, ok=False))], {ids[KEY]: down})
+    failed = replace(result(NOW, ok=False), detail="HTTP 500: overloaded")
+    answered = replace(result(NOW + 1, latency=48.25), prompt_tokens=12, completion_tokens=1)
+    east.save([(ids[KEY], failed)], {ids[KEY]: down})
     east.save([(ids[KEY], answered)], {ids[KEY]: up}, shared=False)
     assert reader.health()[KEY] == down  # only a leader's batch moves the shared health
     assert reader.vantage_health() == {KEY: {"east": up}}
@@ -325,13 +318,25 @@ def test_a_follower_batch_updates_its_own_health_and_leaves_the_shared_one(db_ur
     with reader.session() as session:
         rows = session.scalars(select(ResultRow).order_by(ResultRow.at)).all()
         stored = [
-            (r.ok, r.outcome, r.latency_ms, r.http_status, r.prompt_tokens, r.vantage) for r in rows
+            (
+                r.endpoint_id,
+                r.at,
+                r.ok,
+                r.outcome,
+                r.latency_ms,
+                r.http_status,
+                r.detail,
+                r.prompt_tokens,
+                r.completion_tokens,
+                r.vantage,
+            )
+            for r in rows
         ]
     assert stored == [
-        (False, "http_5xx", None, 500, None, "east"),
-        (True, "ok", 48.25, 200, 12, "east"),
+        (ids[KEY], NOW, False, "http_5xx", None, 500, "HTTP 500: overloaded", None, None, "east"),
+        (ids[KEY], NOW + 1, True, "ok", 48.25, 200, None, 12, 1, "east"),
     ]
-    assert all(type(ok) is bool for ok, *_ in stored)
+    assert all(type(row[2]) is bool for row in stored)  # `ok`
     east.close()
     reader.close()
 
