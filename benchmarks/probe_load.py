@@ -88,10 +88,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from prometheus_client.parser import text_string_to_metric_families
 from responder import Hold, read_holds
 
-from monitor.config import Policy, Target
+from monitor.config import InstanceConfig, Policy, Target
 from monitor.domain.health import HealthState, Transition
 from monitor.domain.latency import percentile
-from monitor.domain.outcome import ProbeResult
+from monitor.domain.outcome import Outcome, ProbeResult
 from monitor.logs import setup_logging
 from monitor.loop import run as run_loop
 from monitor.probes import ChatProber, ProbeShape
@@ -828,6 +828,34 @@ async def measure_processes(
     }
 
 
+def seed_history(db: Path, args: argparse.Namespace, origin: str) -> None:
+    """`--history` seconds of ok probes of every endpoint, one per interval, stored as the
+    daemon stores them: it reads the last hour of them at start-up into its learned
+    deadlines, so it starts holding what a daemon that has run that long holds (and its
+    maintenance rolls them up during the warm-up, before the window)."""
+    targets = build_targets(origin, args.endpoints, args.interval)
+    # Under the vantage the daemon will probe as: it learns from its own results only.
+    store = Store(f"sqlite:///{db}", InstanceConfig().name)
+    try:
+        store.migrate()
+        ids = store.sync_endpoints((t.group, t.endpoint, t.base_url) for t in targets)
+        now, delay_ms, steps = time.time(), args.delay * 1000.0, int(args.history / args.interval)
+        batch: list[tuple[int, ProbeResult]] = []
+        for step in range(steps, 0, -1):
+            for n, t in enumerate(targets):
+                # Spread over the interval and around the delay, as real probes are.
+                at = now - step * args.interval + n * args.interval / len(targets)
+                latency = delay_ms + 0.5 + (n * 7 + step) % 13 / 10.0
+                result = ProbeResult(at, t.group, t.endpoint, Outcome.OK, latency, 200, None, 12, 2)
+                batch.append((ids[(t.group, t.endpoint)], result))
+            if len(batch) >= 20_000:
+                store.save(batch, {})
+                batch = []
+        store.save(batch, {})
+    finally:
+        store.close()
+
+
 def stored_results(db: Path, wall0: float, wall1: float) -> tuple[Counter[str], list[Sample]]:
     """The daemon's stored outcomes and ok probes for probes started in the window."""
     with contextlib.closing(sqlite3.connect(db)) as connection:
@@ -862,6 +890,8 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
             tmp = Path(tmp_name)
             listen = f"127.0.0.1:{free_port()}"
             config = daemon_config(args, tmp, origin, convai_url, listen)
+            if args.history:
+                seed_history(tmp / "daemon.db", args, origin)
             log_file = (tmp / "daemon.log").open("w")
             command = [sys.executable, "-m", "monitor", "run", "-c", str(config), "--register"]
             daemon = spawn(
@@ -912,6 +942,7 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
         max_in_flight=args.max_in_flight,
         pinned=pinned,
         awake=args.awake,
+        history_s=args.history,
         server=args.server,
         outcomes=dict(outcomes),
         stored_probes=sum(outcomes.values()),
@@ -958,7 +989,8 @@ def report_processes(summary: dict[str, Any]) -> None:
         f"(server {summary['server']}, delay {summary['delay_ms']:g} ms, "
         f"max in flight {summary['max_in_flight']}, cpu pinned: {summary['pinned']}"
         + (", kept awake)" if summary["awake"] else ")"),
-        f"measured             {elapsed:.1f} s, {summary['ready_s']:.1f} s to ready",
+        f"measured             {elapsed:.1f} s, {summary['ready_s']:.1f} s to ready"
+        + (f", {summary['history_s']:g} s of history stored first" if summary["history_s"] else ""),
         f"daemon               {probes:.0f} probes ({probes / elapsed:.1f}/s), "
         f"{ours.cpu_s:.2f} s cpu = {share:.1%} of one core, "
         + ("n/a" if per_probe is None else f"{per_probe:.3f} ms cpu/probe")
@@ -1062,6 +1094,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--json", action="store_true", help="also print a JSON summary")
     parser.add_argument("--no-pin", action="store_true", help="do not pin CPUs")
     parser.add_argument(
+        "--history",
+        type=float,
+        default=0.0,
+        help="seconds of stored ok probes the daemon starts with (0; 3600 fills its windows)",
+    )
+    parser.add_argument(
         "--awake",
         action="store_true",
         help="keep the monitor's CPU from idling (a diagnostic: see the module doc)",
@@ -1076,6 +1114,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         parser.error("--endpoints, --interval and --duration must be positive, --delay >= 0")
     if args.calibrate < 0:
         parser.error("--calibrate must not be negative")
+    if args.history < 0:
+        parser.error("--history must not be negative")
     if args.max_in_flight < 1:
         parser.error("--max-in-flight must be at least 1")
     if args.awake and (args.no_pin or args.mode not in ("daemon", "side-by-side")):

@@ -262,8 +262,8 @@ class Daemon:
         monitor = Monitor(self.scheduler, prober, recorder, ids, states, metrics)
         self.monitor = monitor
         # Learned deadlines survive a restart: the last hour of successes, read once.
-        for key, samples in (await recorder.call(store.latencies, now - WINDOW)).items():
-            monitor.learn(key, samples)
+        for key, (times, values) in (await recorder.call(store.latencies, now - WINDOW)).items():
+            monitor.learn(key, zip(times, values, strict=True))
         recorder.start()
         monitor.targets.update({(t.group, t.endpoint): t for t in targets})
         notifier = Notifier(config.alerts)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import math
+import random
+
 import pytest
 
 from monitor.domain.deadline import (
@@ -75,6 +78,34 @@ def test_window_is_bounded() -> None:
     assert samples == MAX_SAMPLES
     assert window.ordered[0] == 10.0  # the oldest went first
     assert p99 is not None
+
+
+def test_window_agrees_with_a_plain_list_through_hours_of_probes() -> None:
+    """The arrays cut their dropped prefix off now and then: across many cuts, on the
+    bound and on the hour, the window says what a list of (at, ms) pairs would."""
+    rng = random.Random(7)
+    window, kept = LatencyWindow(), []
+    now, bounded, cuts = 0.0, 0, 0
+    for step in range(20_000):
+        # Fast enough to reach the bound at first, then an hour's worth expiring, with a
+        # half-hour gap now and then.
+        fast = step < 8_000
+        now += 0.2 if fast else rng.choice((1.0, 10.0, 400.0)) if step % 97 else 1800.0
+        latency = rng.choice((50.0, 51.0, 52.5, rng.uniform(40.0, 900.0)))
+        window.add(now, latency)
+        kept.append((now, latency))
+        bounded += len(kept) > MAX_SAMPLES
+        kept = [(at, ms) for at, ms in kept[-MAX_SAMPLES:] if at >= now - WINDOW]
+        head = window.head
+        if step % 13 == 0:
+            expected = sorted(ms for _, ms in kept)
+            rank = max(1, math.ceil(0.99 * len(expected)))
+            assert window.p99(now) == (expected[rank - 1], len(expected))
+            assert list(window.ordered) == expected
+            assert len(window.at) <= 2 * max(len(kept), 64)  # the dropped part is cut off
+        cuts += window.head < head
+    assert bounded > 1000
+    assert cuts > 50
 
 
 def test_a_late_answer_takes_its_miss_back_from_the_window() -> None:

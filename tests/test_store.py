@@ -53,6 +53,39 @@ def test_migrate_twice_is_a_no_op(store: Store) -> None:
     assert store.schema_current()
 
 
+def test_the_deadlines_learnt_at_start_are_this_vantages_successes_in_time_order(
+    db_url: str,
+) -> None:
+    east, west = Store(db_url, "east"), Store(db_url, "west")
+    east.migrate()
+    ids = east.sync_endpoints([("g", "a", "http://x/v1"), ("g", "b", "http://y/v1")])
+    a, b = ids[("g", "a")], ids[("g", "b")]
+    other = replace(result(NOW - 50, latency=1.0), endpoint="b")
+    # Written out of order, across batches, with failures, an unanswered success, one
+    # from before the hour and one from another vantage.
+    east.save(
+        [
+            (a, result(NOW - 10, latency=30.0)),
+            (a, result(NOW - 30, latency=10.0)),
+            (a, result(NOW - 20, ok=False)),
+            (b, other),
+            (a, result(NOW - 2 * HOUR, latency=99.0)),
+            (a, replace(result(NOW - 15), latency_ms=None)),
+        ],
+        {},
+    )
+    east.save([(a, result(NOW - 25, latency=20.0))], {})
+    west.save([(a, result(NOW - 5, latency=500.0))], {})
+    learnt = east.latencies(NOW - HOUR)
+    assert {key: (list(times), list(values)) for key, (times, values) in learnt.items()} == {
+        ("g", "a"): ([NOW - 30, NOW - 25, NOW - 10], [10.0, 20.0, 30.0]),
+        ("g", "b"): ([NOW - 50], [1.0]),
+    }
+    assert list(west.latencies(NOW - HOUR)[("g", "a")][1]) == [500.0]
+    east.close()
+    west.close()
+
+
 def test_health_survives_a_reopen(store: Store, db_url: str) -> None:
     ids = store.sync_endpoints([("g", "a", "http://x/v1")])
     down = HealthState(Health.DOWN, 0, 5, since=NOW - 10, last_probe_at=NOW)

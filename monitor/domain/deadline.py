@@ -10,7 +10,7 @@ answer is only late. Pure: `now` is always passed in.
 from __future__ import annotations
 
 import bisect
-from collections import deque
+from array import array
 from dataclasses import dataclass, field
 
 from monitor.domain.latency import percentile
@@ -25,6 +25,9 @@ MIN_SAMPLES = 20
 # A bound on memory per endpoint: at a 1 s fast cadence an hour is 3,600 samples; the
 # oldest go first beyond this.
 MAX_SAMPLES = 4000
+# The dropped prefix of a window's arrays is cut off once it is at least this long (and
+# half the array): cutting at every drop would move the whole hour each time.
+_COMPACT_AT = 64
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,23 +59,43 @@ def late_verdict(outcome: Outcome) -> Verdict | None:
 @dataclass
 class LatencyWindow:
     """One endpoint's successful probe latencies over the last WINDOW seconds, kept
-    incrementally (a sorted copy is maintained so p99 costs a lookup, not a query)."""
+    incrementally (a sorted copy is maintained so p99 costs a lookup, not a query).
 
-    samples: deque[tuple[float, float]] = field(default_factory=deque)  # (at, ms), by arrival
-    ordered: list[float] = field(default_factory=list)  # the same latencies, ascending
+    Kept as C doubles, not objects: a window holds an hour of samples for every endpoint
+    (720,000 at 2,000 endpoints probed every 10 s), and an (at, ms) tuple of two floats
+    cost 124 bytes a sample where these arrays cost 24-40, with nothing in them for the
+    garbage collector to count or walk (benchmarks/window_memory.py).
+    """
+
+    # (at, ms) by arrival, live from `head` on; the dropped prefix is cut off once it is
+    # half the array, so dropping the oldest stays O(1) amortized.
+    at: array[float] = field(default_factory=lambda: array("d"))
+    ms: array[float] = field(default_factory=lambda: array("d"))
+    head: int = 0
+    ordered: array[float] = field(default_factory=lambda: array("d"))  # live ms, ascending
+
+    def __len__(self) -> int:
+        return len(self.at) - self.head
 
     def add(self, at: float, latency_ms: float) -> None:
-        self.samples.append((at, latency_ms))
+        self.at.append(at)
+        self.ms.append(latency_ms)
         bisect.insort(self.ordered, latency_ms)
-        if len(self.samples) > MAX_SAMPLES:
+        if len(self) > MAX_SAMPLES:
             self._drop()
 
     def _drop(self) -> None:
-        _at, ms = self.samples.popleft()
+        ms = self.ms[self.head]
         del self.ordered[bisect.bisect_left(self.ordered, ms)]
+        self.head += 1
+        if self.head >= _COMPACT_AT and 2 * self.head >= len(self.at):
+            del self.at[: self.head]
+            del self.ms[: self.head]
+            self.head = 0
 
     def expire(self, now: float) -> None:
-        while self.samples and self.samples[0][0] < now - WINDOW:
+        cutoff = now - WINDOW
+        while self.head < len(self.at) and self.at[self.head] < cutoff:
             self._drop()
 
     def p99(self, now: float) -> tuple[float | None, int]:

@@ -8,7 +8,7 @@ percentile read from it is at most 10% high.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 GROWTH = 1.1
@@ -40,8 +40,8 @@ def merge(into: dict[int, int], other: Mapping[int, int]) -> dict[int, int]:
     return into
 
 
-def percentile(sorted_values: list[float], q: float) -> float | None:
-    """Nearest-rank percentile of an ascending list (q in 0..100)."""
+def percentile(sorted_values: Sequence[float], q: float) -> float | None:
+    """Nearest-rank percentile of an ascending sequence (q in 0..100)."""
     if not sorted_values:
         return None
     rank = max(1, math.ceil(q / 100.0 * len(sorted_values)))
