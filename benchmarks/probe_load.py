@@ -53,6 +53,11 @@ priority, which gives way at once to anything that wakes there, so that CPU neve
 On a virtual machine an idle CPU halts, and the next answer waits for it to be woken; the
 difference between a run with and without `--awake` is what that costs the monitor, which
 is the machine's doing, not the monitor's.
+
+`--history SECONDS` (the daemon modes) stores that much history first: an `ok` probe of
+every endpoint each interval, under the daemon's own vantage. A daemon reads the last hour
+of its successes into its learned deadlines when it starts, so `--history 3600` measures
+what a daemon that has run an hour holds, which one a few minutes old does not show.
 """
 
 from __future__ import annotations
@@ -959,20 +964,26 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
         **floor_summary("loaded_floor", summary.pop("loaded_floor"), holds, args.delay),
         **floor_summary("floor", floor, holds, args.delay),
         log_lines=len(log_lines),
-        log_warnings=dict(warnings(log_lines)),
+        log_warnings=dict(warnings(log_lines)[0]),
+        log_first_warnings=warnings(log_lines)[1],
     )
     return summary
 
 
-def warnings(lines: list[str]) -> Counter[str]:
-    """The daemon's warning and error events by name."""
+def warnings(lines: list[str]) -> tuple[Counter[str], dict[str, str]]:
+    """The daemon's warning and error events by name, and the first of each as logged
+    (without its timestamp): a count alone does not say what happened."""
     events: Counter[str] = Counter()
+    first: dict[str, str] = {}
     for line in lines:
         with contextlib.suppress(ValueError):
             event = json.loads(line)
             if isinstance(event, dict) and event.get("level") in ("warning", "error"):
-                events[str(event.get("event"))] += 1
-    return events
+                name = str(event.get("event"))
+                events[name] += 1
+                event.pop("timestamp", None)
+                first.setdefault(name, json.dumps(event, sort_keys=True))
+    return events, first
 
 
 def report_processes(summary: dict[str, Any]) -> None:
@@ -1017,6 +1028,7 @@ def report_processes(summary: dict[str, Any]) -> None:
         f"outcomes             {json.dumps(summary['outcomes'], sort_keys=True)} (stored)",
         f"daemon log           {summary['log_lines']} lines, warnings and errors: "
         f"{json.dumps(summary['log_warnings'], sort_keys=True)}",
+        *(f"  first {line}" for line in summary["log_first_warnings"].values()),
     ]
     ratio = None
     if "blackbox" in usage:
