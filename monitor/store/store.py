@@ -531,8 +531,8 @@ class Store:
         says nothing about ours.
 
         Streamed from the driver into arrays: at 2,000 endpoints an hour is 720,000 rows,
-        and read as ORM rows into lists of tuples they took about 300 MB at the peak and
-        left the process 180 MB larger after they were freed (fragmented memory)."""
+        which read whole as ORM rows into lists of tuples took about 310 MB at the peak
+        (benchmarks/probe_load.py --history 3600)."""
         query = (
             select(ResultRow.endpoint_id, ResultRow.at, ResultRow.latency_ms)
             .where(
