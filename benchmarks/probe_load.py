@@ -940,6 +940,7 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
     delay_ms = args.delay * 1000.0
     latencies = sorted(ms for _, _, ms in samples)
     errors = nominal_errors(samples, args.delay)
+    logged, first_logged = warnings(log_lines)
     summary.update(
         endpoints=args.endpoints,
         interval_s=args.interval,
@@ -964,8 +965,8 @@ def run_processes(args: argparse.Namespace, cpus: list[int], pinned: bool) -> di
         **floor_summary("loaded_floor", summary.pop("loaded_floor"), holds, args.delay),
         **floor_summary("floor", floor, holds, args.delay),
         log_lines=len(log_lines),
-        log_warnings=dict(warnings(log_lines)[0]),
-        log_first_warnings=warnings(log_lines)[1],
+        log_warnings=dict(logged),
+        log_first_warnings=first_logged,
     )
     return summary
 
