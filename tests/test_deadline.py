@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 import random
 
 import pytest
@@ -16,6 +15,7 @@ from monitor.domain.deadline import (
     late_verdict,
 )
 from monitor.domain.health import HealthState, Sample, withdraw
+from monitor.domain.latency import percentile
 from monitor.domain.outcome import Outcome, Verdict
 
 RULE = DeadlineRule(floor=2.0, factor=4.0, timeout=15.0)
@@ -99,8 +99,7 @@ def test_window_agrees_with_a_plain_list_through_hours_of_probes() -> None:
         head = window.head
         if step % 13 == 0:
             expected = sorted(ms for _, ms in kept)
-            rank = max(1, math.ceil(0.99 * len(expected)))
-            assert window.p99(now) == (expected[rank - 1], len(expected))
+            assert window.p99(now) == (percentile(expected, 99), len(expected))
             assert list(window.ordered) == expected
             assert len(window.at) <= 2 * max(len(kept), 64)  # the dropped part is cut off
         cuts += window.head < head

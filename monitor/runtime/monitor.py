@@ -271,9 +271,10 @@ class Monitor:
         self._due[job_id] = max(self._next_run(key, scheduled, self.states[key]), time.time())
 
     def learn(self, key: EndpointKey, samples: Iterable[tuple[float, float]]) -> None:
-        """Seed an endpoint's latency window with stored (at, latency_ms) successes."""
+        """Seed an endpoint's latency window with stored (at, latency_ms) successes, oldest
+        first (as Store.latencies reads them)."""
         window = self.latencies.setdefault(key, LatencyWindow())
-        for at, latency_ms in sorted(samples):
+        for at, latency_ms in samples:
             window.add(at, latency_ms)
 
     def deadline(self, target: Target, now: float) -> float:
